@@ -1,0 +1,13 @@
+"""torchnf: normalizing flows for PyTorch."""
+
+__version__ = "0.1.0"
+
+from torchnf import transformers
+from torchnf.architectures import *
+from torchnf.bijections.autoregressive import *
+from torchnf.bijections.coupling import *
+from torchnf.bijections.elementwise import *
+from torchnf.core import *
+from torchnf.distributions import *
+from torchnf.flow import *
+from torchnf.nn import MLP, MaskedMLP

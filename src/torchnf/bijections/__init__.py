@@ -1,0 +1,1 @@
+"""Bijections, grouped by family."""

@@ -1,0 +1,184 @@
+"""Conditioner networks: :class:`MLP` and the masked MLP of MADE (:class:`MaskedMLP`).
+
+Conditioners predict transformer parameters as *offsets from the identity*: their last layer is
+initialised at zero so that every flow starts as the identity map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchnf.core import Recorded
+
+__all__ = ["MLP", "MaskedMLP", "MaskedLinear", "get_activation"]
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "softplus": nn.Softplus,
+}
+
+
+def get_activation(name: str) -> nn.Module:
+    """Build an activation module from its name (``relu``, ``elu``, ``silu``, ``gelu``, ``tanh``, ...)."""
+    try:
+        return _ACTIVATIONS[name.lower()]()
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(_ACTIVATIONS)}") from None
+
+
+def _hidden(hidden: Sequence[int] | int) -> tuple[int, ...]:
+    return (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+
+
+class MLP(Recorded, nn.Sequential):
+    """Fully connected network ``in_features -> hidden... -> out_features``.
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        hidden: widths of the hidden layers.
+        activation: name of the activation between layers.
+        zero_last: initialise the last layer at zero (outputs start at zero).
+
+    Example:
+        >>> net = MLP(3, 4, hidden=(16, 16))
+        >>> net(torch.randn(5, 3)).shape
+        torch.Size([5, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] | int = (256, 256),
+        activation: str = "relu",
+        zero_last: bool = True,
+    ) -> None:
+        sizes = [int(in_features), *_hidden(hidden), int(out_features)]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(get_activation(activation))
+        super().__init__(*layers)
+        self.in_features, self.out_features = sizes[0], sizes[-1]
+        if zero_last:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+
+
+class MaskedLinear(nn.Linear):
+    """Linear layer whose weight is multiplied by a fixed binary mask (a buffer)."""
+
+    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class _Residual(nn.Module):
+    def __init__(self, mask: Tensor, act: str) -> None:
+        super().__init__()
+        self.act1, self.act2 = get_activation(act), get_activation(act)
+        self.l1, self.l2 = MaskedLinear(mask), MaskedLinear(mask)
+        nn.init.zeros_(self.l2.weight)
+        nn.init.zeros_(self.l2.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.l2(self.act2(self.l1(self.act1(h))))
+
+
+class MaskedMLP(Recorded, nn.Module):
+    r"""MADE: an MLP whose output for feature ``i`` depends only on features before ``i`` in ``order``.
+
+    The output has shape ``(*batch, features, params_per_feature)``. Context inputs (degree 0) reach
+    every output.
+
+    Args:
+        features: number of autoregressive features ``D``.
+        params_per_feature: number of outputs per feature ``P``.
+        context_dim: size of an optional context appended to the input.
+        hidden: widths of the hidden layers (all equal when ``residual_blocks=True``).
+        order: a permutation of ``range(D)``; ``order[i]`` is the position of feature ``i`` in the
+            autoregressive ordering. Default: the identity order.
+        residual_blocks: use pre-activation residual blocks between the hidden layers
+            (one block per hidden layer after the first).
+        activation: activation name.
+        zero_last: initialise the output layer at zero.
+
+    Example:
+        >>> made = MaskedMLP(4, 2, hidden=(32, 32))
+        >>> made(torch.randn(7, 4)).shape
+        torch.Size([7, 4, 2])
+
+    References:
+        Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", ICML 2015.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        params_per_feature: int,
+        context_dim: int = 0,
+        hidden: Sequence[int] | int = (256, 256),
+        order: Tensor | Sequence[int] | None = None,
+        residual_blocks: bool = False,
+        activation: str = "relu",
+        zero_last: bool = True,
+    ) -> None:
+        super().__init__()
+        D, P, C = int(features), int(params_per_feature), int(context_dim)
+        hidden = _hidden(hidden)
+        if order is None:
+            order = torch.arange(D)
+        order = torch.as_tensor(order, dtype=torch.long)
+        if order.shape != (D,) or not torch.equal(order.sort().values, torch.arange(D)):
+            raise ValueError(f"MaskedMLP: order must be a permutation of range({D}), got {order.tolist()}")
+        if residual_blocks and len(set(hidden)) != 1:
+            raise ValueError("MaskedMLP: residual blocks need equal hidden widths")
+        self.features, self.params_per_feature, self.context_dim = D, P, C
+        self.register_buffer("order", order, persistent=False)
+
+        deg_in = torch.cat([order + 1, torch.zeros(C, dtype=torch.long)])  # context: degree 0
+        deg_out = (order + 1).repeat_interleave(P)
+
+        def hidden_degrees(h: int) -> Tensor:
+            return torch.arange(h) % max(D - 1, 1) + min(1, D - 1)
+
+        layers: list[nn.Module] = []
+        prev = deg_in
+        for i, h in enumerate(hidden):
+            deg = hidden_degrees(h)
+            mask = deg[:, None] >= prev[None, :]
+            if residual_blocks and i > 0:
+                layers.append(_Residual(mask, activation))
+            else:
+                if i > 0:
+                    layers.append(get_activation(activation))
+                layers.append(MaskedLinear(mask))
+            prev = deg
+        if hidden:
+            layers.append(get_activation(activation))
+        last = MaskedLinear(deg_out[:, None] > prev[None, :])
+        if zero_last:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h = x if context is None else torch.cat([x, context], dim=-1)
+        out = self.net(h)
+        return out.view(*out.shape[:-1], self.features, self.params_per_feature)
