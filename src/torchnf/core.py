@@ -47,7 +47,11 @@ class Recorded:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _REGISTRY[_class_key(cls)] = cls
+        key = _class_key(cls)
+        old = _REGISTRY.get(key)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"two torchnf components are named {key!r} ({old.__module__}, {cls.__module__})")
+        _REGISTRY[key] = cls
         init = cls.__dict__.get("__init__")
         if init is None:
             return

@@ -1,4 +1,4 @@
-"""Named architectures: thin :class:`~torchnf.Compose` subclasses that wire parts together.
+"""Named architectures (core families) and the shared builders: thin :class:`~torchnf.Compose` subclasses that wire parts together.
 
 Every architecture has the same signature shape, so swapping one for another is one word::
 

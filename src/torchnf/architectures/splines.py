@@ -1,0 +1,3 @@
+"""Architectures: splines families (see torchnf.architectures.core for the shared builders)."""
+
+__all__: list[str] = []

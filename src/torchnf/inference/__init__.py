@@ -1,0 +1,1 @@
+"""Using flows: variational inference, flow-accelerated MCMC, outlier scoring, probability queries."""
