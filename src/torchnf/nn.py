@@ -177,6 +177,14 @@ class MaskedMLP(Recorded, nn.Module):
             nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
+        self.residual_blocks = bool(residual_blocks)
+        self.activation = activation
+
+    def plain_layers(self) -> list[MaskedLinear]:
+        """The masked linear layers in order (for the sequential sampler; plain MADE only)."""
+        if self.residual_blocks:
+            raise RuntimeError("MaskedMLP.plain_layers: not available with residual blocks")
+        return [m for m in self.net if isinstance(m, MaskedLinear)]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = x if context is None else torch.cat([x, context], dim=-1)
