@@ -68,7 +68,8 @@ class Recorded:
 def to_config(obj: Any) -> Any:
     """Turn a recorded object (or an argument of one) into JSON-compatible data."""
     if isinstance(obj, Recorded):
-        key, args, kwargs = obj.__dict__["_config"]
+        # A class whose Recorded chain defines no __init__ takes no arguments.
+        key, args, kwargs = obj.__dict__.get("_config", (_class_key(type(obj)), (), {}))
         return {
             "__class__": key,
             "args": [to_config(a) for a in args],
