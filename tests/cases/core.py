@@ -43,9 +43,7 @@ CASES: list[Case] = [
     Case("Elementwise-Affine", lambda: nf.Elementwise(Affine(), 3), structure="elementwise"),
     Case("Elementwise-Affine-context", lambda: nf.Elementwise(Affine(), 3, context_dim=2, hidden=H),
          structure="elementwise"),
-    Case("Elementwise-Shift", lambda: nf.Elementwise(Shift(), 4), structure="elementwise",
-         extra={"xfail": "core.Recorded records no _config for classes without their own __init__ "
-                         "(Shift), so to_config(Shift()) raises KeyError '_config'"}),
+    Case("Elementwise-Shift", lambda: nf.Elementwise(Shift(), 4), structure="elementwise"),
     # composition -----------------------------------------------------------------------------
     Case("Compose-mixed", lambda: nf.Compose(
         nf.Elementwise(Affine(), 4),
