@@ -1,3 +1,139 @@
-"""Architectures: freeform families (see torchnf.architectures.core for the shared builders)."""
+"""Free-form flows for variational inference: :class:`Planar`, :class:`Radial`, :class:`Sylvester`.
 
-__all__: list[str] = []
+Each is a thin :class:`~torchnf.Compose` of ``layers`` layers of one kind. The papers use these
+flows in the generative direction, which in torchnf is ``inverse``: sampling with
+:meth:`Flow.rsample_and_log_prob` is one cheap pass per layer, while ``log_prob`` of external data
+solves one root per layer (planar, Sylvester) or is closed form (radial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torchnf.architectures.core import _check_dim
+from torchnf.bijections.planar import PlanarLayer, RadialLayer
+from torchnf.bijections.sylvester import SylvesterLayer
+from torchnf.core import Compose
+
+__all__ = ["Planar", "Radial", "Sylvester"]
+
+
+def _check_layers(name: str, layers: int) -> int:
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"{name}: layers must be an integer >= 1, got {layers!r}")
+    return layers
+
+
+class Planar(Compose):
+    """Stack of :class:`~torchnf.PlanarLayer` (sampling is cheap; ``log_prob`` solves ``layers`` 1-D roots).
+
+    Args:
+        dim: number of features.
+        context_dim: size of the context (0: unconditional); each layer's ``u, w, b`` are then
+            offsets predicted by an MLP of the context.
+        layers: number of planar layers.
+        hidden: hidden widths of the context MLPs.
+        activation: their activation.
+
+    Example:
+        >>> flow = nf.Flow(nf.Planar(2, layers=8))
+        >>> x, log_q = flow.rsample_and_log_prob(16)
+
+    References:
+        Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        context_dim: int = 0,
+        layers: int = 16,
+        hidden: Sequence[int] | int = (64, 64),
+        activation: str = "relu",
+    ) -> None:
+        _check_dim("Planar", dim)
+        n = _check_layers("Planar", layers)
+        super().__init__(*(PlanarLayer(dim, context_dim, hidden, activation) for _ in range(n)))
+
+
+class Radial(Compose):
+    """Stack of :class:`~torchnf.RadialLayer` (closed form in both directions).
+
+    Args:
+        dim: number of features.
+        context_dim: size of the context (0: unconditional); each layer's ``z0, alpha, beta``
+            are then offsets predicted by an MLP of the context.
+        layers: number of radial layers.
+        hidden: hidden widths of the context MLPs.
+        activation: their activation.
+
+    Example:
+        >>> flow = nf.Flow(nf.Radial(2, layers=8))
+        >>> flow.log_prob(torch.randn(5, 2)).shape
+        torch.Size([5])
+
+    References:
+        Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        context_dim: int = 0,
+        layers: int = 16,
+        hidden: Sequence[int] | int = (64, 64),
+        activation: str = "relu",
+    ) -> None:
+        _check_dim("Radial", dim)
+        n = _check_layers("Radial", layers)
+        super().__init__(*(RadialLayer(dim, context_dim, hidden, activation) for _ in range(n)))
+
+
+class Sylvester(Compose):
+    """Stack of :class:`~torchnf.SylvesterLayer` of one ``kind``.
+
+    For ``kind="triangular"`` the layers alternate between the identity and the reversal
+    permutation (``flip``), as in the paper, so that every coordinate conditions every other.
+
+    Args:
+        dim: number of features.
+        context_dim: size of the context (0: unconditional); ``R``, ``R~`` and ``b`` are then
+            offsets predicted by an MLP of the context.
+        layers: number of Sylvester layers.
+        hidden: hidden widths of the context MLPs.
+        activation: their activation.
+        kind: ``"orthogonal"``, ``"householder"`` or ``"triangular"``.
+        m: number of orthonormal columns per layer (default ``dim``).
+        reflections: Householder reflections per layer for ``kind="householder"``.
+
+    Example:
+        >>> flow = nf.Flow(nf.Sylvester(3, layers=4, kind="householder"))
+        >>> x, log_q = flow.rsample_and_log_prob(8)
+
+    References:
+        van den Berg et al., "Sylvester Normalizing Flows for Variational Inference", UAI 2018.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        context_dim: int = 0,
+        layers: int = 8,
+        hidden: Sequence[int] | int = (64, 64),
+        activation: str = "relu",
+        kind: str = "orthogonal",
+        m: int | None = None,
+        reflections: int | None = None,
+    ) -> None:
+        _check_dim("Sylvester", dim)
+        n = _check_layers("Sylvester", layers)
+        super().__init__(*(
+            SylvesterLayer(
+                dim, m, kind, context_dim, hidden, activation, reflections,
+                flip=kind == "triangular" and i % 2 == 1,
+            )
+            for i in range(n)
+        ))
