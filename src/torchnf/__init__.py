@@ -13,6 +13,7 @@ from torchnf.bijections.orthogonal import *
 from torchnf.bijections.planar import *
 from torchnf.bijections.residual import *
 from torchnf.bijections.sinf import *
+from torchnf.bijections.sylvester import *
 from torchnf.core import *
 from torchnf.distributions import *
 from torchnf.flow import *
