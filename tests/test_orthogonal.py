@@ -101,9 +101,10 @@ def test_qr_is_q_times_r():
 
 # -- eval-time cache ---------------------------------------------------------------------------
 
+SMALL = [lambda: nf.Householder(4), lambda: nf.QRLinear(4), lambda: nf.OrthogonalExp(4)]
 
-@pytest.mark.parametrize("make", [lambda: nf.Householder(4), lambda: nf.QRLinear(4), lambda: nf.OrthogonalExp(4)],
-                         ids=["householder", "qr", "exp"])
+
+@pytest.mark.parametrize("make", SMALL, ids=["householder", "qr", "exp"])
 def test_cache_used_only_in_eval_without_grad(make):
     torch.manual_seed(4)
     b = make()
@@ -114,8 +115,7 @@ def test_cache_used_only_in_eval_without_grad(make):
         assert b.matrix() is b.matrix()  # eval and no grad: cached
 
 
-@pytest.mark.parametrize("make", [lambda: nf.Householder(4), lambda: nf.QRLinear(4), lambda: nf.OrthogonalExp(4)],
-                         ids=["householder", "qr", "exp"])
+@pytest.mark.parametrize("make", SMALL, ids=["householder", "qr", "exp"])
 def test_cache_invalidated_when_parameters_change(make):
     torch.manual_seed(5)
     b = make()
