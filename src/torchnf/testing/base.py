@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -124,6 +125,14 @@ class _Checker:
         except Exception as e:  # noqa: BLE001
             self.fail(prop, f"{what}: raised {type(e).__name__} instead of {exc.__name__}: {e}")
         self.fail(prop, f"{what}: no {exc.__name__} was raised")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run a block under a fixed seed, restoring the global random state (CPU and CUDA) after."""
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(seed)
+        yield
 
 
 def _fmt(shape: Sequence[int]) -> str:

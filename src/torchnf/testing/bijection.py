@@ -21,6 +21,7 @@ from torchnf.testing.base import (
     _jacobian,
     _perturb,
     _randn,
+    _seeded,
     tolerances,
 )
 
@@ -343,6 +344,11 @@ def check_bijection(
         >>> check_bijection(nf.MaskedAffineAutoregressive(3, hidden=(8, 8)), structure="autoregressive")
     """
     case = _as_case(bijection_or_case, case_options)
+    with _seeded(seed):
+        _check_bijection(case, dtype, seed)
+
+
+def _check_bijection(case: Case, dtype: torch.dtype, seed: int) -> None:
     run = _Run(case, dtype, seed)
     if case.stochastic or case.eval_only:
         run.b.eval()
@@ -374,8 +380,10 @@ def check_compiled(bijection_or_case: Case | Bijection, *, dtype: torch.dtype = 
     compiled = torch.compile(run.b, fullgraph=True)
     for batch in BATCH_SHAPES[1:]:
         x, ctx = run.x(batch), run.ctx(batch)
-        with torch.no_grad():
-            ref, got = run.b(x, ctx), compiled(x, ctx)
+        with torch.no_grad(), _seeded(seed):
+            ref = run.b(x, ctx)
+        with torch.no_grad(), _seeded(seed):
+            got = compiled(x, ctx)
         for what, r, o in zip(("z", "ladj"), ref, got):
             run.c.close("(11) torch.compile(fullgraph=True) agrees", o, r, run.tol["rtol"], run.tol["atol"],
                         f"{what}, batch shape {_fmt(batch)}")

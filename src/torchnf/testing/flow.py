@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from torchnf.flow import Flow
-from torchnf.testing.base import _Checker, _device, _fmt, _randn, tolerances
+from torchnf.testing.base import _Checker, _device, _fmt, _randn, _seeded, tolerances
 from torchnf.transformers.base import Transformer
 
 __all__ = ["check_transformer", "check_flow", "normalization_error"]
@@ -147,8 +147,7 @@ def check_flow(
     if cdim:
         calls += [(2, many, (2, 3)), ((), many, (3,))]
     flow.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with _seeded(seed):
         for shape, ctx, batch in calls:
             where = f"sample({shape!r}) with context {'none' if ctx is None else _fmt(ctx.shape)}"
             x = flow.sample(shape, context=ctx)
