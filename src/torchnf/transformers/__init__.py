@@ -9,3 +9,6 @@ from torchnf.transformers.linear_rational import LinearRationalSpline  # noqa: E
 from torchnf.transformers.splines import RationalQuadraticSpline, rational_quadratic  # noqa: E402
 
 __all__ += ["RationalQuadraticSpline", "rational_quadratic", "LinearRationalSpline", "CircularSpline"]
+from torchnf.transformers.monotonic import UMNN, DeepSigmoid  # noqa: E402
+
+__all__ += ["UMNN", "DeepSigmoid"]
