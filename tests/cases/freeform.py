@@ -1,7 +1,9 @@
 """Harness cases for planar, radial and Sylvester layers and their architectures.
 
 Planar and Sylvester ``forward`` maps are iterative root solves (tolerance 1e-12 relative, far inside
-the harness's round-trip tolerances); radial is closed form both ways.
+the harness's round-trip tolerances) that check convergence on the host, so only their sampling
+direction (``inverse``, registered through :class:`~torchnf.Inverse`) is in the compile test; radial
+is closed form both ways.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ CASES: list[Case] = [
     Case("SylvesterLayer-triangular-flip", lambda: nf.SylvesterLayer(3, kind="triangular", flip=True),
          perturb=0.5),
     Case("SylvesterLayer-context", lambda: nf.SylvesterLayer(3, m=2, context_dim=2, hidden=H), perturb=0.3),
+    # The sampling direction is one pass without host synchronisation: it compiles with fullgraph=True.
+    Case("Inverse-PlanarLayer", lambda: nf.Inverse(nf.PlanarLayer(3)), perturb=0.5, compile=True),
+    Case("Inverse-SylvesterLayer", lambda: nf.Inverse(nf.SylvesterLayer(3, kind="householder")), perturb=0.5,
+         compile=True),
     Case("Planar", lambda: nf.Planar(2, layers=3), perturb=0.3),
     Case("Planar-context", lambda: nf.Planar(2, context_dim=2, layers=2, hidden=H), perturb=0.3),
     Case("Radial", lambda: nf.Radial(2, layers=3), perturb=0.3),

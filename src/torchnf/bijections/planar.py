@@ -154,6 +154,8 @@ class PlanarLayer(_ContextParams):
     iterations, ``RuntimeError`` otherwise); then :math:`z = x - \hat u \tanh(\alpha + b)`.
     Gradients flow by one Newton step from the detached root (implicit differentiation), not
     through the iterations.
+    The convergence test reads a tensor on the host, so ``forward`` does not compile with
+    ``fullgraph=True``; ``inverse`` (sampling) does.
 
     Identity at initialisation: ``u = 0`` and ``b = 0``, so :math:`\hat u = 0`; ``w`` is random
     with :math:`\lVert w\rVert \approx 1` (so the first gradient step in ``u`` is informative).

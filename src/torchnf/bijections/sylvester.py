@@ -68,6 +68,8 @@ class SylvesterLayer(MatrixCache, _ContextParams):
     (tolerance ``tol``, at most ``max_iter`` iterations, ``RuntimeError`` otherwise); then
     :math:`z = x - Q R t`. Gradients flow through one implicit Newton step per coordinate, not
     through the iterations. Cost: ``M`` sequential scalar solves.
+    The convergence test reads a tensor on the host, so ``forward`` does not compile with
+    ``fullgraph=True``; ``inverse`` (sampling) does.
 
     Identity at initialisation: ``R = 0`` (its diagonal and strict upper part). With a context, the
     entries of ``R``, :math:`\tilde R` and ``b`` are free values plus an MLP of the context
