@@ -151,13 +151,15 @@ def _rq(v: Tensor, knots: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         r = (v - y0) / h
         t = r.clamp(0, 1)
         # t (s + dsum xi (1 - xi)) = s xi^2 + d0 xi (1 - xi)  <=>  a xi^2 + b xi + c = 0 with
-        # a = s - d0 + t dsum, b = d0 - t dsum, c = -s t. The root in [0, 1] is 2c / (-b - sqrt(D));
-        # when b < 0 the equivalent (sqrt(D) - b) / (2a) avoids the cancellation (a = s - b > 0).
-        a = s - d0 + t * dsum
+        # a = s - b, b = d0 - t dsum, c = -s t. The root in [0, 1] is 2c / (-b - sqrt(D)); where
+        # b < 0 the equivalent (sqrt(D) - b) / (2a) avoids the cancellation (a = s - b > 0). The
+        # discriminant b^2 - 4ac = (d0 (1 - t) - d1 t)^2 + 4 s^2 t (1 - t) is a sum of two
+        # non-negative terms, so it needs no clamp, never cancels and is > 0 for d > 0.
         b = d0 - t * dsum
-        sq = (b * b + 4 * a * s * t).clamp_min(0).sqrt()
+        e = d0 * (1 - t) - d1 * t
+        sq = torch.sqrt(e * e + 4 * (s * s) * t * (1 - t))
         pos = b >= 0
-        xi = torch.where(pos, 2 * s * t, sq - b) / torch.where(pos, b + sq, 2 * a)
+        xi = (torch.where(pos, 2 * s * t, sq - b) / torch.where(pos, b + sq, 2 * (s - b))).clamp(0, 1)
         om = 1 - xi
         inner = x0 + xi * w
         anchors = (y0, y1, x0, x1, d0, d1)
@@ -209,7 +211,9 @@ def rational_quadratic(
     (above) through the end knot, so with end knots :math:`\pm B` on both axes and end
     derivatives 1 the tails are the identity. The inverse solves the quadratic
     :math:`a \xi^2 + b \xi + c = 0` in its stable form :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})`
-    (discriminant clamped at 0; the conjugate form where :math:`b < 0`). Values on a knot map
+    (the conjugate form where :math:`b < 0`), with the discriminant written as the sum of squares
+    :math:`(d_k (1 - t) - d_{k+1} t)^2 + 4 s^2 t (1 - t)`, :math:`t = (y - y_k) / h`, so it is never
+    negative and does not cancel near the knots. Values on a knot map
     exactly to the knot's value; values and gradients are finite for tail and knot inputs.
 
     Args:
