@@ -174,12 +174,25 @@ def test_history_dict_access():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["loss", "gradient"])
+@pytest.mark.parametrize("where", ["loss", "gradient", "validation"])
 def test_a_non_finite_step_rolls_back_halves_lr_and_recovers(where):
     x = gaussian(300, seed=13)
     flow = small_flow()
     calls = {"n": 0}
-    if where == "loss":
+    what = "training loss or gradient norm"
+    if where == "validation":
+        what = "validation NLL"
+        original = flow.log_prob
+
+        def log_prob(x, context=None):
+            lp = original(x, context)
+            if not flow.training:
+                calls["n"] += 1
+                return lp * float("nan") if calls["n"] == 2 else lp  # the 2nd epoch's evaluation
+            return lp
+
+        flow.log_prob = log_prob
+    elif where == "loss":
         original = flow.forward
 
         def forward(x, context=None):
@@ -196,7 +209,7 @@ def test_a_non_finite_step_rolls_back_halves_lr_and_recovers(where):
             return grad * float("inf") if calls["n"] == 5 else grad
 
         param.register_hook(hook)
-    with pytest.warns(RuntimeWarning, match=r"non-finite training loss or gradient norm in epoch 2; .*"
+    with pytest.warns(RuntimeWarning, match=rf"non-finite {what} in epoch 2; .*"
                       r"halved the learning rate to 0\.005 \(attempt 1 of 3\)"):
         h = flow.fit(x, epochs=4, batch_size=100, lr=1e-2, schedule=None, progress=False, seed=0)
     assert h.epochs == 4 and h.stopped == "epochs"
@@ -210,9 +223,11 @@ def test_persistent_non_finite_raises_after_three_attempts():
     flow = small_flow()
     original = flow.forward
     flow.forward = lambda x, context=None: original(x, context) * float("nan")
-    with pytest.warns(RuntimeWarning, match="attempt 2 of 3"):
+    with pytest.warns(RuntimeWarning) as record:
         with pytest.raises(RuntimeError, match="non-finite in 3 consecutive attempts at epoch 1"):
-            flow.fit(gaussian(100, seed=14), epochs=3, batch_size=50, progress=False, seed=0)
+            flow.fit(gaussian(100, seed=14), epochs=3, batch_size=50, lr=1e-3, progress=False, seed=0)
+    assert [str(w.message).split("halved ")[-1] for w in record] == [
+        "the learning rate to 0.0005 (attempt 1 of 3)", "the learning rate to 0.00025 (attempt 2 of 3)"]
     assert all(bool(torch.isfinite(p).all()) for p in flow.parameters())
 
 
@@ -326,6 +341,16 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     assert h.epochs == 2 and all(math.isfinite(v) for v in h.train)
 
 
+def test_compile_auto_stays_eager_on_cpu(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compile='auto' must not compile on CPU")
+
+    monkeypatch.setattr(torch, "compile", forbidden)
+    h = small_flow().fit(gaussian(100, seed=22), epochs=1, batch_size=50, compile="auto", device="cpu",
+                         progress=False, seed=0)
+    assert h.epochs == 1
+
+
 @pytest.mark.slow
 def test_compiled_fit_matches_eager():
     x = gaussian(200, seed=23)
@@ -414,3 +439,12 @@ def test_bad_context_is_rejected(context, val, val_context, message):
 def test_not_a_flow_is_rejected():
     with pytest.raises(TypeError, match="expected a torchnf.Flow, got RealNVP"):
         fit(nf.RealNVP(2), X)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import torchnf.training
+
+    failed, attempted = doctest.testmod(torchnf.training, extraglobs={"torch": torch, "nf": nf})
+    assert attempted >= 6 and failed == 0

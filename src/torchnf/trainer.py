@@ -125,7 +125,11 @@ class Trainer:
             )
         tr = data["training"]
         self.flow.load_state_dict(tr["state"])
+        # keep this machine's kernel choice (a run saved with fused CUDA kernels may resume on CPU)
+        impl = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.opt.param_groups]
         self.opt.load_state_dict(tr["optimizer"])
+        for group, keep in zip(self.opt.param_groups, impl):
+            group.update(keep)
         self.best_state = data["state_dict"]
         self.history = History(**tr["history"])
         self.epoch, self.step, self.bad_epochs = tr["epoch"], tr["step"], tr["bad_epochs"]
@@ -270,7 +274,7 @@ class Trainer:
         if bool(stats[1] > 0) or not math.isfinite(train) or (val is not None and not math.isfinite(val)):
             self._fail("validation NLL" if bool(stats[1] == 0) and math.isfinite(train) else
                        "training loss or gradient norm")
-            return stop
+            return stop if stop == "time_limit" else None  # the rollback also undid the steps
         self.failures = 0
         h = self.history
         h.train.append(train)

@@ -153,8 +153,9 @@ def fit(
         checkpoint: path of a checkpoint written atomically after every epoch: the flow's config,
             its best weights so far (``nf.load(path)`` returns that flow), the current weights,
             optimiser and schedule state, epoch and history.
-        resume: continue from ``checkpoint`` if the file exists (else start afresh). The flow
-            must have the same configuration as the one that wrote it.
+        resume: continue from ``checkpoint`` if the file exists (else start afresh), with the
+            checkpoint's seed, so a resumed run repeats the uninterrupted one. The flow must have
+            the same configuration as the one that wrote it; pass the same data and options.
         callback: ``callback(epoch, history)`` after every epoch (``epoch`` indexes
             ``history.train``); returning ``True`` stops training.
         device: move the flow and the data there first (default: where the flow is).
@@ -168,7 +169,7 @@ def fit(
         RuntimeError: three consecutive non-finite epochs.
 
     Example:
-        >>> import torchnf as nf
+        >>> import torch, torchnf as nf
         >>> _ = torch.manual_seed(0)
         >>> x = torch.randn(512, 2) * torch.tensor([2.0, 0.5]) + 1.0
         >>> flow = nf.Flow(nf.RealNVP(2, layers=2, hidden=(16, 16)))
