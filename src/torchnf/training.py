@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchnf.core import _fmt
+
 __all__ = ["fit", "History"]
 
 
@@ -292,10 +294,6 @@ def _tensor(name: str, value: Any, dtype: torch.dtype, device: torch.device) -> 
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"fit: {name} must be real-valued, got dtype {value.dtype}")
     return value.detach().to(device=device, dtype=dtype)
-
-
-def _fmt(shape: Any) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _finite_rows(name: str, t: Tensor) -> None:
