@@ -18,7 +18,8 @@ from torchnf.core import Compose
 __all__ = ["Planar", "Radial", "Sylvester"]
 
 
-def _check_layers(name: str, layers: int) -> int:
+def _check_layers(name: str, dim: int, layers: int) -> int:
+    _check_dim(name, dim)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise ValueError(f"{name}: layers must be an integer >= 1, got {layers!r}")
     return layers
@@ -52,8 +53,7 @@ class Planar(Compose):
         hidden: Sequence[int] | int = (64, 64),
         activation: str = "relu",
     ) -> None:
-        _check_dim("Planar", dim)
-        n = _check_layers("Planar", layers)
+        n = _check_layers("Planar", dim, layers)
         super().__init__(*(PlanarLayer(dim, context_dim, hidden, activation) for _ in range(n)))
 
 
@@ -86,8 +86,7 @@ class Radial(Compose):
         hidden: Sequence[int] | int = (64, 64),
         activation: str = "relu",
     ) -> None:
-        _check_dim("Radial", dim)
-        n = _check_layers("Radial", layers)
+        n = _check_layers("Radial", dim, layers)
         super().__init__(*(RadialLayer(dim, context_dim, hidden, activation) for _ in range(n)))
 
 
@@ -128,8 +127,7 @@ class Sylvester(Compose):
         m: int | None = None,
         reflections: int | None = None,
     ) -> None:
-        _check_dim("Sylvester", dim)
-        n = _check_layers("Sylvester", layers)
+        n = _check_layers("Sylvester", dim, layers)
         super().__init__(*(
             SylvesterLayer(
                 dim, m, kind, context_dim, hidden, activation, reflections,

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchnf.bijections.orthogonal import _check_dim
 from torchnf.core import Bijection
 from torchnf.nn import MLP
 
 __all__ = ["PlanarLayer", "RadialLayer"]
 
-_SOFTPLUS_INV_1 = math.log(math.expm1(1.0))  # softplus(_SOFTPLUS_INV_1) == 1
 _FLOOR = 1e-6  # keeps constrained quantities strictly away from their bound
 _UNIT_SHIFT = math.log(math.expm1(1.0 - _FLOOR))  # softplus(_UNIT_SHIFT) + _FLOOR == 1
 
@@ -51,12 +51,6 @@ class _ContextParams(Bijection):
         if context is None or self.net is None:
             return self.params
         return self.params + self.net(context)
-
-
-def _check_dim(name: str, dim: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"{name}: dim must be an integer >= 1, got {dim!r}")
-    return dim
 
 
 def _check_solver(name: str, tol: float, max_iter: int) -> tuple[float, int]:
@@ -295,7 +289,7 @@ class RadialLayer(_ContextParams):
     ) -> None:
         _check_dim("RadialLayer", dim)
         super().__init__((dim,), context_dim)
-        init = torch.cat([torch.zeros(dim), torch.full((2,), _SOFTPLUS_INV_1)])
+        init = torch.cat([torch.zeros(dim), torch.full((2,), _UNIT_SHIFT)])
         self._init_params(init, context_dim, hidden, activation)
 
     def constrained(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

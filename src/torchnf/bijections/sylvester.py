@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchnf.bijections.orthogonal import MatrixCache, householder_matrix, skew_exp
+from torchnf.bijections.orthogonal import MatrixCache, _check_dim, householder_matrix, skew_exp
 from torchnf.bijections.planar import (
     _FLOOR,
     _UNIT_SHIFT,
-    _check_dim,
     _check_solver,
     _ContextParams,
     solve_tanh_root,
