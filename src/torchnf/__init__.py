@@ -9,6 +9,7 @@ from torchnf.bijections.continuous import *
 from torchnf.bijections.coupling import *
 from torchnf.bijections.elementwise import *
 from torchnf.bijections.linear import *
+from torchnf.bijections.lipschitz import *
 from torchnf.bijections.orthogonal import *
 from torchnf.bijections.planar import *
 from torchnf.bijections.residual import *
@@ -18,3 +19,4 @@ from torchnf.core import *
 from torchnf.distributions import *
 from torchnf.flow import *
 from torchnf.nn import MLP, MaskedMLP
+from torchnf.training import *

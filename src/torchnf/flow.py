@@ -5,15 +5,25 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from torchnf import __version__
-from torchnf.core import Bijection, Recorded, check_context, check_input, from_config, to_config
-from torchnf.core import validation_enabled
+from torchnf.core import (
+    Bijection,
+    Recorded,
+    check_context,
+    check_input,
+    from_config,
+    to_config,
+    validation_enabled,
+)
 from torchnf.distributions import Distribution, StandardNormal, _shape
+
+if TYPE_CHECKING:
+    from torchnf.training import History
 
 __all__ = ["Flow", "load"]
 
@@ -68,8 +78,10 @@ class Flow(Recorded, nn.Module):
         self.context_encoder = context_encoder
         if context_encoder is not None:
             if not inner:
-                raise ValueError("Flow: a context_encoder was given but neither bijection nor base is conditional")
-            self.context_dim = int(getattr(context_encoder, "in_features"))
+                raise ValueError(
+                    "Flow: a context_encoder was given but neither bijection nor base is conditional"
+                )
+            self.context_dim = int(context_encoder.in_features)
         else:
             self.context_dim = inner
         self.event_shape = bijection.event_shape
@@ -139,7 +151,9 @@ class Flow(Recorded, nn.Module):
         return self.bijection._inverse(z, self._split_context(context)[0])[0]
 
     # -- sampling --------------------------------------------------------------------------------
-    def _base_sample(self, shape: int | Sequence[int], context: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _base_sample(
+        self, shape: int | Sequence[int], context: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         """Base samples ``(*shape, *context_batch, *event)`` and the context expanded to match."""
         shape = _shape(shape)
         context, cbatch = self._context(context, torch.Size())
@@ -175,8 +189,18 @@ class Flow(Recorded, nn.Module):
             return self.rsample_and_log_prob(shape, context)
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, x: Tensor, context: Tensor | None = None, val: Any = None, **kwargs: Any) -> Any:
-        """Maximum-likelihood fit; see :func:`torchnf.training.fit` for the options."""
+    def fit(self, x: Tensor, context: Tensor | None = None, val: Any = None, **kwargs: Any) -> History:
+        """Maximum-likelihood fit (minibatch AdamW, early stopping, best weights restored).
+
+        See :func:`torchnf.training.fit` for every option. Returns the per-epoch
+        :class:`~torchnf.training.History`.
+
+        Example:
+            >>> flow = nf.Flow(nf.MAF(2, layers=2, hidden=(16, 16)))
+            >>> history = flow.fit(torch.randn(500, 2), epochs=3, progress=False)
+            >>> len(history.train)
+            3
+        """
         from torchnf.training import fit
 
         return fit(self, x, context=context, val=val, **kwargs)

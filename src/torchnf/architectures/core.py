@@ -1,4 +1,6 @@
-"""Named architectures (core families) and the shared builders: thin :class:`~torchnf.Compose` subclasses that wire parts together.
+"""Core architectures (NICE, RealNVP, MAF, IAF) and the shared builders.
+
+Architectures are thin :class:`~torchnf.Compose` subclasses that wire parts together.
 
 Every architecture has the same signature shape, so swapping one for another is one word::
 
@@ -26,7 +28,7 @@ __all__ = ["NICE", "RealNVP", "MAF", "IAF", "coupling_stack", "autoregressive_st
 
 def _check_dim(name: str, dim: int, minimum: int = 1) -> int:
     if not isinstance(dim, int) or dim < minimum:
-        extra = " (coupling needs two features or more; use MAF or an elementwise flow)" if minimum == 2 else ""
+        extra = " (coupling needs two or more features; use MAF)" if minimum == 2 else ""
         raise ValueError(f"{name}: dim must be an integer >= {minimum}, got {dim!r}{extra}")
     return dim
 
