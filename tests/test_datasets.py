@@ -128,9 +128,9 @@ def test_unknown_density_and_bad_input():
 def _check_standardised(split, n_train, n_val, n_test, dim):
     assert [tuple(t.shape) for t in split] == [(n_train, dim), (n_val, dim), (n_test, dim)]
     assert all(t.dtype == torch.float64 for t in split)
-    torch.testing.assert_close(split.train.double().mean(0), torch.zeros(dim, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(split.train.double().std(0, unbiased=False), torch.ones(dim, dtype=torch.float64),
-                               atol=1e-4, rtol=0)
+    mean, std = split.train.mean(0), split.train.std(0, unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros(dim, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(std, torch.ones(dim, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
 def test_power_layout_and_published_cleaning(tmp_path):
