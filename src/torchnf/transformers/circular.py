@@ -10,12 +10,11 @@ from torch import Tensor
 
 from torchnf.transformers.base import Transformer
 from torchnf.transformers.splines import (
-    _assemble,
     _check_spline_args,
-    _grid,
-    _positions,
+    _Grid,
     _rq,
     _softplus_shift,
+    _split,
 )
 
 __all__ = ["CircularSpline"]
@@ -76,33 +75,33 @@ class CircularSpline(Transformer):
         _check_spline_args(type(self).__name__, bins, _PI, min_width, min_height, min_derivative)
         self.bins, self.rotation = bins, bool(rotation)
         self.min_width, self.min_height, self.min_derivative = min_width, min_height, min_derivative
+        self._sizes = (min_width, min_height)
         self.param_shape = (3 * bins + int(self.rotation),)
+        self._sizes_of_rest = (bins, 1) if self.rotation else (bins,)
         self._shift = _softplus_shift(min_derivative)
-        sx, ox = _grid(bins, -_PI, _PI, min_width)
-        sy, oy = _grid(bins, -_PI, _PI, min_height)
-        self._scale = [sx, sy, [1.0] * (bins + 1)]
-        self._offset = [ox, oy, [min_derivative] * (bins + 1)]
 
     def knots(self, params: Tensor) -> Tensor:
-        """Row-major knots ``(3, *b, K+1)``; the derivative row is periodic (``d_K = d_0``)."""
-        K = self.bins
-        n = self.param_shape[0]
-        if params.shape[-1] != n:
-            raise ValueError(
-                f"{type(self).__name__}: expected parameters of shape (..., {n}), got {tuple(params.shape)}"
-            )
-        xy = _positions(params[..., : 2 * K].unflatten(-1, (2, K)))
-        raw = params[..., 2 * K : 3 * K]
-        d = F.softplus(torch.cat([raw, raw[..., :1]], dim=-1) + self._shift)
-        return _assemble([xy[..., 0, :], xy[..., 1, :], d], self._scale, self._offset)
+        """All knots ``(3, *b, K+1)``; the derivative row is periodic (``d_K = d_0``)."""
+        logits, raw, *_ = _split(self, params, *self._sizes_of_rest)
+        xy = F.pad(_Grid(logits, -_PI, _PI, self._sizes).knots(), (1, 0), value=-_PI)
+        d = F.softplus(torch.cat([raw, raw[..., :1]], dim=-1) + self._shift) + self.min_derivative
+        return torch.stack([xy[..., 0, :], xy[..., 1, :], d], 0)
+
+    def _spline(self, v: Tensor, raw: Tensor, logits: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        idx, x0, x1, y0, y1 = _Grid(logits, -_PI, _PI, self._sizes).locate(v, int(inverse))
+        index = torch.cat([idx, (idx + 1).remainder(self.bins)], dim=-1)
+        d = F.softplus(raw.gather(-1, index) + self._shift) + self.min_derivative
+        return _rq(v, x0, x1, y0, y1, d[..., 0], d[..., 1], inverse)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        y, ladj = _rq(x, self.knots(params), inverse=False)
+        logits, raw, *rot = _split(self, params, *self._sizes_of_rest)
+        y, ladj = self._spline(x, raw, logits, inverse=False)
         if self.rotation:
-            y = _wrap(y + params[..., -1])
+            y = _wrap(y + rot[0][..., 0])
         return y, ladj
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        logits, raw, *rot = _split(self, params, *self._sizes_of_rest)
         if self.rotation:
-            y = _wrap(y - params[..., -1])
-        return _rq(y, self.knots(params), inverse=True)
+            y = _wrap(y - rot[0][..., 0])
+        return self._spline(y, raw, logits, inverse=True)

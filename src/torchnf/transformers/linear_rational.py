@@ -14,20 +14,30 @@ from torch import Tensor
 
 from torchnf.transformers.base import Transformer
 from torchnf.transformers.splines import (
-    _assemble,
     _check_spline_args,
-    _gather_bins,
-    _grid,
-    _positions,
+    _Grid,
+    _knot_derivatives,
     _softplus_shift,
+    _split,
     _with_tails,
 )
 
 __all__ = ["LinearRationalSpline"]
 
 
-def _lrs(v: Tensor, knots: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    r"""Linear-rational spline on row-major ``knots`` ``(4, *b, K+1)`` (rows ``x, y, d, lambda``).
+def _lrs(
+    v: Tensor,
+    x0: Tensor,
+    x1: Tensor,
+    y0: Tensor,
+    y1: Tensor,
+    d0: Tensor,
+    d1: Tensor,
+    lam: Tensor,
+    inverse: bool,
+) -> tuple[Tensor, Tensor]:
+    r"""Linear-rational spline of the bin ``[x0, x1] x [y0, y1]`` with end slopes ``d0, d1`` and
+    split fraction ``lam`` (all ``(*b)``), linear tails outside.
 
     In normalised bin coordinates (:math:`\phi = (x - x_k)/w`, :math:`\bar y = (y - y_k)/h`,
     :math:`s = h / w`) the weights are :math:`w_a = 1`, :math:`w_b = \sqrt{d_k / d_{k+1}}`,
@@ -45,7 +55,6 @@ def _lrs(v: Tensor, knots: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
     :math:`u = w_l (\bar y - \bar y_l) / [w_l (\bar y - \bar y_l) + w_r (\bar y_r - \bar y)]`.
     The slopes at the knots are :math:`d_k` and :math:`d_{k+1}`.
     """
-    x0, x1, y0, y1, d0, d1, lam, _ = _gather_bins(v, knots, 1 if inverse else 0)
     w = x1 - x0
     h = y1 - y0
     s = h / w
@@ -120,31 +129,32 @@ class LinearRationalSpline(Transformer):
             raise ValueError(f"{name}: min_lambda must lie in [0, 0.5), got {min_lambda!r}")
         self.bins, self.bound = bins, float(bound)
         self.min_width, self.min_height, self.min_derivative = min_width, min_height, min_derivative
+        self._sizes = (min_width, min_height)
         self.min_lambda = min_lambda
         self.param_shape = (4 * bins - 1,)
         self._shift = _softplus_shift(min_derivative)
-        B = self.bound
-        sx, ox = _grid(bins, -B, B, min_width)
-        sy, oy = _grid(bins, -B, B, min_height)
-        n = bins + 1
-        self._scale = [sx, sy, [1.0] * n, [1.0 - 2 * min_lambda] * n]
-        self._offset = [ox, oy, [1.0] + [min_derivative] * (bins - 1) + [1.0], [min_lambda] * n]
+
+    def _lambda(self, raw: Tensor) -> Tensor:
+        return torch.sigmoid(raw) * (1 - 2 * self.min_lambda) + self.min_lambda
 
     def knots(self, params: Tensor) -> Tensor:
-        """Row-major knots ``(4, *b, K+1)`` (positions, values, derivatives, split fractions)."""
-        K = self.bins
-        if params.shape[-1] != 4 * K - 1:
-            raise ValueError(
-                f"{type(self).__name__}: expected parameters of shape (..., {4 * K - 1}), "
-                f"got {tuple(params.shape)}"
-            )
-        xy = _positions(params[..., : 2 * K].unflatten(-1, (2, K)))
-        d = F.pad(F.softplus(params[..., 2 * K : 3 * K - 1] + self._shift), (1, 1))
-        lam = F.pad(torch.sigmoid(params[..., 3 * K - 1 :]), (0, 1))
-        return _assemble([xy[..., 0, :], xy[..., 1, :], d, lam], self._scale, self._offset)
+        """All knots ``(4, *b, K+1)`` (positions, values, derivatives, split fractions padded with
+        one unused entry), e.g. for plotting."""
+        logits, raw, raw_lam = _split(self, params, self.bins - 1, self.bins)
+        xy = F.pad(_Grid(logits, -self.bound, self.bound, self._sizes).knots(), (1, 0), value=-self.bound)
+        d = F.pad(F.softplus(raw + self._shift) + self.min_derivative, (1, 1), value=1.0)
+        lam = F.pad(self._lambda(raw_lam), (0, 1), value=0.5)
+        return torch.stack([xy[..., 0, :], xy[..., 1, :], d, lam], 0)
+
+    def _spline(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        logits, raw, raw_lam = _split(self, params, self.bins - 1, self.bins)
+        idx, x0, x1, y0, y1 = _Grid(logits, -self.bound, self.bound, self._sizes).locate(v, int(inverse))
+        d0, d1 = _knot_derivatives(raw, idx, self._shift, self.min_derivative)
+        lam = self._lambda(raw_lam.gather(-1, idx)[..., 0])
+        return _lrs(v, x0, x1, y0, y1, d0, d1, lam, inverse)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _lrs(x, self.knots(params), inverse=False)
+        return self._spline(x, params, inverse=False)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _lrs(y, self.knots(params), inverse=True)
+        return self._spline(y, params, inverse=True)

@@ -31,7 +31,7 @@ __all__ = ["rational_quadratic", "RationalQuadraticSpline"]
 
 
 def _gather_bins(v: Tensor, knots: Tensor, row: int) -> tuple[Tensor, ...]:
-    """Bin search of ``v`` in ``knots[row]`` and a single gather of every row at ``(k, k+1)``.
+    """Bin search of ``v`` in explicit ``knots[row]`` and a single gather of every row at ``(k, k+1)``.
 
     Args:
         v: points, shape ``(*b)``.
@@ -49,6 +49,84 @@ def _gather_bins(v: Tensor, knots: Tensor, row: int) -> tuple[Tensor, ...]:
     index = torch.cat([idx, idx + 1], dim=-1).expand(knots.shape[0], *idx.shape[:-1], 2)
     g = knots.gather(-1, index)
     return tuple(t for r in g.unbind(0) for t in r.unbind(-1))
+
+
+class _Grid:
+    r"""Knot positions on both axes from width and height logits ``(*b, 2, K)``.
+
+    Bins have sizes :math:`m + (1 - K m)\,\mathrm{softmax}(u)` of ``hi - lo``, so the right edge
+    of bin ``j`` is :math:`lo + (hi - lo)\,[(1 - K m)\, c_j / c_{K-1} + m (j + 1)]` with
+    :math:`c = \mathrm{cumsum}(e^{u - \max u})`. On CPU ``torch.softmax`` over a last axis of a
+    few bins is several times slower than these passes, and the normalisation and minimum sizes
+    are applied only to the few knots that are used; the max is a constant shift that cancels in
+    the ratio, so it carries no gradient. :meth:`knots` evaluates the formula on all knots (for
+    the bin search, without gradient) and :meth:`at` on gathered ones, with the same arithmetic,
+    so both agree bit for bit and inputs on a knot are exact. The end knots are ``lo`` and ``hi``
+    exactly.
+    """
+
+    def __init__(self, logits: Tensor, lo: float, hi: float, min_sizes: tuple[float, float]) -> None:
+        K = logits.shape[-1]
+        self.bins, self.lo, self.hi = K, lo, hi
+        e = (logits - logits.detach().amax(-1, keepdim=True)).exp_()
+        self.cs = e.cumsum(-1)  # (*b, 2, K)
+        m = torch.tensor([[min_sizes[0]], [min_sizes[1]]], dtype=e.dtype, device=e.device)
+        self.m = m  # (2, 1)
+        self.scale = (1 - K * m) / self.cs[..., K - 1 :]  # (*b, 2, 1)
+
+    def _map(self, c: Tensor, count: Tensor, scale: Tensor, m: Tensor) -> Tensor:
+        return (c * scale + m * count) * (self.hi - self.lo) + self.lo
+
+    def knots(self, row: int | None = None) -> Tensor:
+        """Right edges of bins ``0 .. K-1`` of one row ``(*b, K)`` or of both ``(*b, 2, K)``."""
+        count = torch.arange(1, self.bins + 1, dtype=self.cs.dtype, device=self.cs.device)
+        if row is None:
+            k = self._map(self.cs, count, self.scale, self.m)
+        else:
+            k = self._map(self.cs[..., row, :], count, self.scale[..., row, :], self.m[row])
+        return torch.cat([k[..., :-1], torch.full_like(k[..., -1:], self.hi)], -1)
+
+    def locate(self, v: Tensor, row: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Bin ``idx`` ``(*b, 1)`` of ``v`` ``(*b)`` searched in ``row`` (0: x, 1: y) and the bin's
+        edges ``x0, x1, y0, y1`` ``(*b)``, from one ``searchsorted`` and one ``gather``."""
+        K, lo, hi = self.bins, self.lo, self.hi
+        with torch.no_grad():
+            edges = self.knots(row).contiguous()
+            idx = torch.searchsorted(edges, v.detach().unsqueeze(-1).contiguous(), right=True)
+            idx = idx.clamp_(max=K - 1)
+        index = torch.cat([(idx - 1).clamp(min=0), idx], dim=-1)  # (*b, 2): cs entries of the edges
+        g = self.cs.gather(-1, index.unsqueeze(-2).expand(*index.shape[:-1], 2, 2))
+        e = self._map(g, (index + 1).to(g.dtype).unsqueeze(-2), self.scale, self.m)  # (*b, 2, 2)
+        first, last = idx[..., 0] == 0, idx[..., 0] == K - 1
+        x0 = torch.where(first, lo, e[..., 0, 0])
+        y0 = torch.where(first, lo, e[..., 1, 0])
+        x1 = torch.where(last, hi, e[..., 0, 1])
+        y1 = torch.where(last, hi, e[..., 1, 1])
+        return idx, x0, x1, y0, y1
+
+
+def _knot_derivatives(raw: Tensor, idx: Tensor, shift: float, minimum: float) -> tuple[Tensor, Tensor]:
+    """Derivatives at the two knots of bin ``idx`` ``(*b, 1)``: ``minimum + softplus(raw + shift)``
+    at the ``K - 1`` interior knots (``raw``: ``(*b, K - 1)``), 1 at the two end knots."""
+    K = raw.shape[-1] + 1
+    if K == 1:
+        one = torch.ones(idx.shape[:-1], dtype=raw.dtype, device=raw.device)
+        return one, one
+    index = torch.cat([idx - 1, idx], dim=-1).clamp_(0, K - 2)
+    d = F.softplus(raw.gather(-1, index) + shift) + minimum
+    return torch.where(idx[..., 0] == 0, 1.0, d[..., 0]), torch.where(idx[..., 0] == K - 1, 1.0, d[..., 1])
+
+
+def _split(owner: object, params: Tensor, *sizes: int) -> list[Tensor]:
+    """Check the last axis of ``params`` against ``owner.param_shape`` and split it into the
+    width and height logits ``(*b, 2, K)`` and the remaining groups of ``sizes``."""
+    n, K = owner.param_shape[0], owner.bins
+    if params.shape[-1] != n:
+        raise ValueError(
+            f"{type(owner).__name__}: expected parameters of shape (..., {n}), got {tuple(params.shape)}"
+        )
+    logits, *rest = params.split([2 * K, *sizes], dim=-1)
+    return [logits.unflatten(-1, (2, K)), *rest]
 
 
 def _with_tails(
@@ -84,33 +162,6 @@ def _with_tails(
     return out, -ladj if inverse else ladj
 
 
-def _assemble(rows: list[Tensor], scale: list[list[float]], offset: list[list[float]]) -> Tensor:
-    """Stack rows ``(*b, K+1)`` into ``(R, *b, K+1)``; row ``i`` is ``rows[i] * scale[i] + offset[i]``."""
-    ref = rows[0]
-    shape = (len(rows),) + (1,) * (ref.dim() - 1) + (ref.shape[-1],)
-    s = torch.tensor(scale, dtype=ref.dtype, device=ref.device).view(shape)
-    o = torch.tensor(offset, dtype=ref.dtype, device=ref.device).view(shape)
-    return torch.addcmul(o, torch.stack(rows, 0), s)
-
-
-def _grid(bins: int, lo: float, hi: float, min_size: float) -> tuple[list[float], list[float]]:
-    r"""Scale and offset turning ``pad(cumsum(softmax(u)), (1, 0))`` into knot positions.
-
-    With bin fractions :math:`m + (1 - K m)\,\mathrm{softmax}(u)_j` the knots are
-    :math:`k_j = lo + (hi - lo)\,[m j + (1 - K m) c_j]` with :math:`c_j` the cumulative softmax;
-    the last knot is pinned to ``hi`` exactly (its scale is 0).
-    """
-    span = hi - lo
-    scale = [span * (1.0 - bins * min_size)] * bins + [0.0]
-    offset = [lo + span * min_size * j for j in range(bins)] + [hi]
-    return scale, offset
-
-
-def _positions(logits: Tensor) -> Tensor:
-    """Cumulative softmax, padded with a leading 0: ``(..., K) -> (..., K+1)``."""
-    return F.pad(torch.softmax(logits, dim=-1).cumsum(-1), (1, 0))
-
-
 def _check_spline_args(
     owner: str, bins: int, bound: float, min_width: float, min_height: float, min_derivative: float
 ) -> None:
@@ -140,9 +191,11 @@ def _rq_derivative(s: Tensor, d0: Tensor, d1: Tensor, xi: Tensor, om: Tensor, de
     return (s * s) * (d1 * xi * xi + 2 * s * xi * om + d0 * om * om) / (den * den)
 
 
-def _rq(v: Tensor, knots: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """Rational-quadratic spline on row-major ``knots`` ``(3, *b, K+1)`` (rows ``x, y, d``)."""
-    x0, x1, y0, y1, d0, d1 = _gather_bins(v, knots, 1 if inverse else 0)
+def _rq(
+    v: Tensor, x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, d0: Tensor, d1: Tensor, inverse: bool
+) -> tuple[Tensor, Tensor]:
+    """Rational-quadratic spline of the bin ``[x0, x1] x [y0, y1]`` with end slopes ``d0, d1``
+    (all ``(*b)``), linear tails outside; see :func:`rational_quadratic`."""
     w = x1 - x0
     h = y1 - y0
     s = h / w
@@ -240,7 +293,7 @@ def rational_quadratic(
         Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", NeurIPS 2019.
     """
     x, knots = _stack_knots("rational_quadratic", x, xk, yk, dk)
-    return _rq(x, knots, inverse)
+    return _rq(x, *_gather_bins(x, knots, int(inverse)), inverse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,28 +341,26 @@ class RationalQuadraticSpline(Transformer):
         _check_spline_args(type(self).__name__, bins, bound, min_width, min_height, min_derivative)
         self.bins, self.bound = bins, float(bound)
         self.min_width, self.min_height, self.min_derivative = min_width, min_height, min_derivative
+        self._sizes = (min_width, min_height)
         self.param_shape = (3 * bins - 1,)
         self._shift = _softplus_shift(min_derivative)
-        B = self.bound
-        sx, ox = _grid(bins, -B, B, min_width)
-        sy, oy = _grid(bins, -B, B, min_height)
-        self._scale = [sx, sy, [1.0] * (bins + 1)]
-        self._offset = [ox, oy, [1.0] + [min_derivative] * (bins - 1) + [1.0]]
 
     def knots(self, params: Tensor) -> Tensor:
-        """Row-major knots ``(3, *b, K+1)`` (positions, values, derivatives) from raw parameters."""
-        K = self.bins
-        if params.shape[-1] != 3 * K - 1:
-            raise ValueError(
-                f"{type(self).__name__}: expected parameters of shape (..., {3 * K - 1}), "
-                f"got {tuple(params.shape)}"
-            )
-        xy = _positions(params[..., : 2 * K].unflatten(-1, (2, K)))
-        d = F.pad(F.softplus(params[..., 2 * K :] + self._shift), (1, 1))
-        return _assemble([xy[..., 0, :], xy[..., 1, :], d], self._scale, self._offset)
+        """All knots ``(3, *b, K+1)`` (positions, values, derivatives), e.g. for plotting; the
+        transformer itself only computes the knots of the bin of each input."""
+        logits, raw = _split(self, params, self.bins - 1)
+        xy = F.pad(_Grid(logits, -self.bound, self.bound, self._sizes).knots(), (1, 0), value=-self.bound)
+        d = F.pad(F.softplus(raw + self._shift) + self.min_derivative, (1, 1), value=1.0)
+        return torch.stack([xy[..., 0, :], xy[..., 1, :], d], 0)
+
+    def _spline(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        logits, raw = _split(self, params, self.bins - 1)
+        idx, x0, x1, y0, y1 = _Grid(logits, -self.bound, self.bound, self._sizes).locate(v, int(inverse))
+        d0, d1 = _knot_derivatives(raw, idx, self._shift, self.min_derivative)
+        return _rq(v, x0, x1, y0, y1, d0, d1, inverse)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _rq(x, self.knots(params), inverse=False)
+        return self._spline(x, params, inverse=False)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _rq(y, self.knots(params), inverse=True)
+        return self._spline(y, params, inverse=True)
