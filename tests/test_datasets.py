@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 import math
 import os
 
@@ -247,6 +248,23 @@ def test_synthetic_files_round_trip_through_the_loaders(tmp_path, name):
     assert split.train.shape[1] == split.val.shape[1] == split.test.shape[1]
     assert all(t.dtype == torch.float32 for t in split)  # torch's default dtype
     assert all(torch.isfinite(t).all() for t in split)
+
+
+def test_tabular_benchmark_runs_on_synthetic_files(tmp_path, capsys):
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "tabular.py")
+    spec = importlib.util.spec_from_file_location("bench_tabular", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    argv = ["--synthetic", "--dataset", "power,miniboone", "--arch", "maf", "--epochs", "2", "--layers", "1",
+            "--hidden", "8", "--n-synthetic", "300", "--no-progress", "--json", str(out)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "power" in text and "miniboone" in text and "test log-likelihood" in text and "+-" in text
+    rows = json.loads(out.read_text())["results"]
+    assert [r["dim"] for r in rows] == [6, 44] and all(math.isfinite(r["test_ll"]) for r in rows)
+    assert all(r["test_ll_se"] > 0 for r in rows)
+    assert bench.main(["--dataset", "power"]) == 2  # neither --data-dir nor --synthetic
 
 
 def test_tabular_errors(tmp_path):

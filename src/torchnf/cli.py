@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["main", "build_parser", "CLIError", "find_architecture", "architectures"]
+__all__ = ["main", "build_parser", "CLIError", "find_architecture", "architectures", "build_architecture"]
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
@@ -99,16 +99,35 @@ def _value(text: str) -> Any:
         return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def _build(arch: str, dim: int, context_dim: int, args: argparse.Namespace) -> Any:
-    cls = find_architecture(arch)
+def build_architecture(
+    name: str,
+    dim: int,
+    *,
+    context_dim: int = 0,
+    layers: int | None = None,
+    hidden: str | Sequence[int] | None = None,
+    options: Sequence[str] = (),
+) -> Any:
+    """Build ``Arch(dim, context_dim=..., layers=..., hidden=..., **options)`` from command-line values.
+
+    Args:
+        name: architecture name, case-insensitive (see :func:`find_architecture`).
+        hidden: widths as ``"64,64"`` or a sequence; ``None`` keeps the architecture's default.
+        options: extra keyword arguments as ``"KEY=VALUE"`` strings (values parsed as JSON when
+            possible, ``true``/``false`` as booleans, else kept as strings).
+
+    Raises:
+        CLIError: unknown name, malformed option, or arguments the architecture rejects.
+    """
+    cls = find_architecture(name)
     kwargs: dict[str, Any] = {}
     if context_dim:
         kwargs["context_dim"] = context_dim
-    if args.layers is not None:
-        kwargs["layers"] = args.layers
-    if args.hidden:
-        kwargs["hidden"] = tuple(_ints(args.hidden, "--hidden"))
-    for item in args.arch_arg or []:
+    if layers is not None:
+        kwargs["layers"] = layers
+    if hidden:
+        kwargs["hidden"] = tuple(_ints(hidden, "--hidden") if isinstance(hidden, str) else hidden)
+    for item in options:
         key, sep, val = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--arch-arg expects KEY=VALUE, got {item!r}")
@@ -117,6 +136,11 @@ def _build(arch: str, dim: int, context_dim: int, args: argparse.Namespace) -> A
         return cls(dim, **kwargs)
     except (TypeError, ValueError) as e:
         raise CLIError(f"cannot build {cls.__name__}(dim={dim}, {kwargs}): {e}") from None
+
+
+def _build(arch: str, dim: int, context_dim: int, args: argparse.Namespace) -> Any:
+    return build_architecture(arch, dim, context_dim=context_dim, layers=args.layers, hidden=args.hidden,
+                              options=args.arch_arg or ())
 
 
 def _ints(text: str, flag: str) -> list[int]:
