@@ -194,6 +194,10 @@ def test_harness_passes_a_correct_user_bijection():
         check_bijection(_Scale(4), structure="unknown")
 
 
+def test_harness_moves_to_the_requested_device():
+    check_bijection(nf.Compose(_Scale(3), nf.AffineCoupling(3, hidden=(8,))), device="cpu")
+
+
 def test_harness_leaves_global_rng_alone():
     state = torch.get_rng_state()
     check_bijection(_Scale(3))
