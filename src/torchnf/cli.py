@@ -17,14 +17,18 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from torchnf.datasets.files import check_table_path, parse_columns, read_table, write_table
 
 __all__ = ["main", "build_parser", "CLIError", "find_architecture", "architectures", "build_architecture"]
 
@@ -32,40 +36,13 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _read(path: str) -> np.ndarray:
-    from torchnf.datasets.files import read_table
-
+@contextmanager
+def _user_errors(prefix: str = "") -> Iterator[None]:
+    """Turn the library's input errors (bad files, tables, columns) into :class:`CLIError`."""
     try:
-        return read_table(path)
+        yield
     except (OSError, ValueError) as e:
-        raise CLIError(str(e)) from None
-
-
-def _check_output(path: str) -> str:
-    from torchnf.datasets.files import check_table_path
-
-    try:
-        return check_table_path(path)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-
-
-def _write(path: str, data: np.ndarray) -> None:
-    from torchnf.datasets.files import write_table
-
-    try:
-        write_table(path, data)
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot write {path}: {e}") from None
-
-
-def _columns(spec: str | None, ncols: int) -> list[int]:
-    from torchnf.datasets.files import parse_columns
-
-    try:
-        return parse_columns(spec, ncols)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(prefix + str(e)) from None
 
 
 # -- architectures and models --------------------------------------------------------------------
@@ -189,32 +166,37 @@ def _split_columns(
     if data.shape[1] != dim + cdim:
         what = f"{dim} data + {cdim} context" if cdim else f"{dim} data"
         raise CLIError(f"the model expects {dim + cdim} columns ({what}), {path} has {data.shape[1]}")
-    ctx = _columns(spec, data.shape[1]) if spec else list(meta.get("context_columns", []))
+    with _user_errors():
+        ctx = parse_columns(spec, data.shape[1]) if spec else list(meta.get("context_columns", []))
     if len(ctx) != cdim:
         if not cdim:
             raise CLIError(f"the model is unconditional: drop --context-columns (got {ctx})")
         raise CLIError(f"the model is conditional with {cdim} context columns: pass --context-columns "
                        f"(got {len(ctx)} columns: {ctx})")
-    ref = next(iter(flow.parameters()))
+    return _split(data, ctx, _dtype(flow))
+
+
+def _split(data: np.ndarray, ctx: list[int], dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     keep = [j for j in range(data.shape[1]) if j not in set(ctx)]
-    x = torch.as_tensor(data[:, keep], dtype=ref.dtype)
-    c = torch.as_tensor(data[:, ctx], dtype=ref.dtype) if cdim else None
-    return x, c
+    x = torch.as_tensor(data[:, keep], dtype=dtype)
+    return x, torch.as_tensor(data[:, ctx], dtype=dtype) if ctx else None
+
+
+def _dtype(flow: Any) -> torch.dtype:
+    return next((p.dtype for p in flow.parameters()), torch.get_default_dtype())
 
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
     import torchnf as nf
 
-    _check_model_path(args.out)
-    data = _read(args.data)
+    with _user_errors():
+        data = read_table(args.data)
+        ctx = parse_columns(args.context_columns, data.shape[1])
     if len(data) < 10:
         raise CLIError(f"{args.data} has {len(data)} rows; fitting a flow needs at least 10")
-    ctx = _columns(args.context_columns, data.shape[1])
-    keep = [j for j in range(data.shape[1]) if j not in set(ctx)]
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    x = torch.as_tensor(data[:, keep], dtype=dtype)
-    c = torch.as_tensor(data[:, ctx], dtype=dtype) if ctx else None
+    dtype = getattr(torch, args.dtype)
+    x, c = _split(data, ctx, dtype)
     torch.manual_seed(args.seed)
     arch = _build(args.arch, x.shape[1], len(ctx), args)
     if args.standardize:
@@ -225,24 +207,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     history = flow.fit(x, context=c, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        val_fraction=args.val_fraction, time_limit=args.time_limit, seed=args.seed,
                        progress=not args.no_progress)
-    flow.save(args.out, cli={"context_columns": ctx, "columns": data.shape[1], "arch": args.arch})
+    with _user_errors(f"cannot write {args.out}: "):
+        flow.save(args.out, cli={"context_columns": ctx, "columns": data.shape[1], "arch": args.arch})
     print(f"best validation NLL {history.best_val:.4f} nats after {len(history.train)} epochs "
           f"({history.stopped}); saved {args.out}")
     return 0
 
 
-def _check_model_path(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise CLIError(f"cannot write {path}: {folder} is not a folder")
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    _check_output(args.out)
+    with _user_errors():
+        check_table_path(args.out)
     if args.n < 1:
         raise CLIError(f"-n must be a positive integer, got {args.n}")
     flow, _ = _load_model(args.model)
-    ref = next(iter(flow.parameters()))
     context = None
     if flow.context_dim:
         if args.context is None:
@@ -255,28 +232,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise CLIError(f"--context expects comma-separated numbers, got {args.context!r}") from None
         if len(values) != flow.context_dim:
             raise CLIError(f"--context has {len(values)} values, the model expects {flow.context_dim}")
-        context = torch.tensor(values, dtype=ref.dtype)
+        context = torch.tensor(values, dtype=_dtype(flow))
     elif args.context is not None:
         raise CLIError("the model is unconditional: drop --context")
     torch.manual_seed(args.seed)
     out = _batched(lambda a, b: flow.sample(b - a, context=context), args.n, args.batch_size,
                    not args.no_progress, "sampling")
-    _write(args.out, out.cpu().numpy())
+    with _user_errors(f"cannot write {args.out}: "):
+        write_table(args.out, out.cpu().numpy())
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
 
 def cmd_log_prob(args: argparse.Namespace) -> int:
-    if args.out:
-        _check_output(args.out)
-    flow, meta = _load_model(args.model)
-    data = _read(args.data)
+    with _user_errors():
+        if args.out:
+            check_table_path(args.out)
+        flow, meta = _load_model(args.model)
+        data = read_table(args.data)
     x, c = _split_columns(flow, data, args.context_columns, meta, args.data)
     lp = _batched(lambda a, b: flow.log_prob(x[a:b], None if c is None else c[a:b]), len(x),
                   args.batch_size, not args.no_progress, "log_prob").double()
     se = lp.std().item() / math.sqrt(len(lp)) if len(lp) > 1 else float("nan")
     if args.out:
-        _write(args.out, lp.numpy())
+        with _user_errors(f"cannot write {args.out}: "):
+            write_table(args.out, lp.numpy())
     print(f"mean log-likelihood {lp.mean().item():.4f} +- {se:.4f} nats over {len(lp)} rows"
           + (f"; wrote {args.out}" if args.out else ""))
     return 0
@@ -350,6 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"{gap.mean():.4f} ± {gap.std() / math.sqrt(n):.4f} nats")]
     for key, value in rows[3:]:
         print(f"  {key:32s} {value}")
+    rows.append(("command", "torchnf " + shlex.join(args.argv)))
     os.makedirs(args.out, exist_ok=True)
     images = {
         "data vs flow samples": plotting.plot_samples(
@@ -368,11 +349,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------
-def _common_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, help="number of transforms (architecture default if omitted)")
-    p.add_argument("--hidden", help="conditioner widths, e.g. 128,128")
-    p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE",
-                   help="extra architecture option, e.g. bins=16 or coupling=false (repeatable)")
+def _common_flags(p: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        p.add_argument("--layers", type=int, help="number of transforms (architecture default if omitted)")
+        p.add_argument("--hidden", help="conditioner widths, e.g. 128,128")
+        p.add_argument("--arch-arg", action="append", metavar="KEY=VALUE",
+                       help="extra architecture option, e.g. bins=16 or coupling=false (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -400,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--resolution", type=int, default=200, help="density grid cells per side")
-    _common_model_flags(p)
+    _common_flags(p)
     p.set_defaults(func=cmd_demo, hidden="64,64")
 
     p = sub.add_parser("fit", help="fit a flow to a data table and save it",
@@ -419,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--no-standardize", dest="standardize", action="store_false",
                    help="do not prepend an ActNorm layer initialised to standardise the columns")
-    _common_model_flags(p)
+    _common_flags(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("sample", help="draw samples from a saved flow",
@@ -429,8 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.npy", help="output file, .npy or .csv (default samples.npy)")
     p.add_argument("--context", help="context vector for a conditional model, e.g. 0.5,1.0")
     p.add_argument("--batch-size", type=int, default=10000, help="samples per pass")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _common_flags(p, model=False)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("log-prob", help="evaluate a saved flow's log-density on data",
@@ -440,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the per-row log-densities here (.npy or .csv)")
     p.add_argument("--context-columns", help="context columns (default: those used by `torchnf fit`)")
     p.add_argument("--batch-size", type=int, default=10000, help="rows per pass")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _common_flags(p, model=False)
     p.set_defaults(func=cmd_log_prob)
     return parser
 
@@ -452,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version or a usage error
         return int(e.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
         return int(args.func(args) or 0)
