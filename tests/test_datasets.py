@@ -228,7 +228,7 @@ def test_bsds300_loader_on_a_synthetic_file(tmp_path):
 
 def _without(package: str):
     installed = importlib.util.find_spec(package) is not None
-    return pytest.mark.skipif(installed, reason=f"{package} is installed; this checks the hint shown without it")
+    return pytest.mark.skipif(installed, reason=f"{package} is installed (this checks the hint without it)")
 
 
 @pytest.mark.parametrize("name, package, relpath, loader", [
