@@ -77,10 +77,12 @@ def solve_tanh_root(
     r"""Solve :math:`x + c \tanh(k x + p) = y` elementwise, without gradient.
 
     The left side is strictly increasing when ``q = 1 + c k > 0`` (its slope is
-    :func:`tanh_slope`), and ``|tanh| <= 1`` brackets the root in ``[y - |c|, y + |c|]``. Newton
-    steps are taken while they stay inside the bracket, which shrinks every iteration; otherwise the
-    step bisects. The iteration stops when every Newton step or bracket is below
-    ``tol * (1 + |x|)`` (``tol`` is raised to ``8 eps`` of the dtype if smaller).
+    :func:`tanh_slope`), and ``|tanh| <= 1`` brackets the root in ``[y - |c|, y + |c|]``. Each
+    iteration shrinks the bracket to the current point and takes a Newton step if it lands inside
+    the bracket and is at most half the previous step; otherwise it bisects (so the bracket at least
+    halves every other iteration and plain Newton's oscillation across a steep ``tanh`` cannot
+    happen). It stops when every Newton step or bracket is below ``tol * (1 + |x|)`` (``tol`` is
+    raised to ``8 eps`` of the dtype if smaller).
 
     Raises:
         RuntimeError: if some entry has not converged after ``max_iter`` iterations.
@@ -105,14 +107,14 @@ def solve_tanh_root(
             bisect = bisect & ~small
             step_old = torch.where(bisect, 0.5 * (hi - lo), step)
             x = torch.where(bisect, 0.5 * (lo + hi), newton)
-            if bool((small | (hi - lo <= scale)).all()):
+            done = small | (hi - lo <= scale)
+            if bool(done.all()):
                 return x
-        t = torch.tanh(k * x + p)
-        res = (x + c * t - target).abs()
+        res = (x + c * torch.tanh(k * x + p) - target).abs()
         raise RuntimeError(
-            f"{owner}: the inverse root solve did not converge in {max_iter} iterations "
-            f"({int((res > tol * (1 + x.abs())).sum())} of {res.numel()} points above tol={tol:g}, "
-            f"max residual {float(res.max()):.3g}); raise max_iter or tol"
+            f"{owner}: the root solve of forward (data to base) did not converge in {max_iter} "
+            f"iterations ({int((~done).sum())} of {done.numel()} points above tol={tol:g}, max "
+            f"residual {float(res.max()):.3g}); raise max_iter or tol"
         )
 
 
