@@ -7,6 +7,8 @@ root solve per coordinate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -106,7 +108,7 @@ class SylvesterLayer(MatrixCache, _ContextParams):
         m: int | None = None,
         kind: str = "orthogonal",
         context_dim: int = 0,
-        hidden: tuple[int, ...] | int = (64, 64),
+        hidden: Sequence[int] | int = (64, 64),
         activation: str = "relu",
         reflections: int | None = None,
         flip: bool = False,
