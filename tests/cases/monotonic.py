@@ -1,7 +1,9 @@
-"""Harness cases for the monotonic-network transformers (UMNN, deep sigmoidal flows) and their
-architectures (UMNNMAF, NAF)."""
+"""Harness cases for the monotonic-network transformers (UMNN, deep sigmoidal flows), their
+architectures (UMNNMAF, NAF) and a fitted sliced iterative flow (SINF)."""
 
 from __future__ import annotations
+
+import torch
 
 import torchnf as nf
 from torchnf.testing import Case
@@ -16,6 +18,14 @@ def _umnn() -> UMNN:
 
 def _dsf() -> DeepSigmoid:
     return DeepSigmoid(hidden=3)
+
+
+def _fitted_sinf() -> nf.Compose:
+    u = torch.randn(400, 3, generator=torch.Generator().manual_seed(0))
+    x = torch.stack([u[:, 0], u[:, 1] + 0.5 * u[:, 0] ** 2, 2 * torch.tanh(u[:, 2])], dim=-1)
+    sinf = nf.SINF(3, layers=3, bins=8, stiefel_steps=10)
+    sinf.fit_data(x, val_fraction=0, seed=0, progress=False)
+    return nf.Compose(nf.ElementwiseShift(3), sinf)  # the shift gives the harness a parameter
 
 
 CASES: list[Case] = [
@@ -40,4 +50,6 @@ CASES: list[Case] = [
          identity_at_init=False),
     Case("NAF-coupling", lambda: nf.NAF(4, layers=2, hidden=H, sigmoid_units=3, coupling=True),
          identity_at_init=False),
+    Case("SINF-fitted", _fitted_sinf, perturb=0.0, identity_at_init=False),
+    Case("SINF-unfitted", lambda: nf.Compose(nf.ElementwiseShift(3), nf.SINF(3))),
 ]
