@@ -12,7 +12,7 @@ by the data in C order.
 Example:
     >>> from torchnf.datasets import load_mnist_npz
     >>> x, y = load_mnist_npz("/path/to/mnist_test.npz")  # doctest: +SKIP
-    >>> x.shape, x.dtype
+    >>> x.shape, x.dtype  # doctest: +SKIP
     (torch.Size([10000, 1, 28, 28]), torch.uint8)
 """
 
