@@ -32,6 +32,7 @@ from torchnf.datasets.files import check_table_path, parse_columns, read_table, 
 
 __all__ = ["main", "build_parser", "CLIError", "find_architecture", "architectures", "build_architecture"]
 
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy density (default checkerboard): " + ", ".join(_toy_names()))
     p.add_argument("--arch", help="architecture (default: NSF if available, else MAF)")
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    p.add_argument("--time-limit", type=float, default=90.0, help="training seconds (default 90)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="training seconds (default 60)")
     p.add_argument("--epochs", type=int, help="train for this many epochs instead of a time budget")
     p.add_argument("--n-train", type=int, default=20000, help="training points (default 20000)")
     p.add_argument("--n-test", type=int, default=20000, help="test points (default 20000)")
