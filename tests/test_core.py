@@ -13,26 +13,19 @@ from torch import nn
 import torchnf as nf
 from conftest import randn
 from torchnf.core import _REGISTRY, Bijection, from_config, to_config
+from torchnf.testing import perturb
 from torchnf.transformers import Affine, Shift
 
 H = (8, 8)
 E = "AffineCoupling: expected"  # start of the shape and type errors of the layer under test
 
 
-def _perturb(module: nn.Module, scale: float = 0.2, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
-
-
 # -- Compose -------------------------------------------------------------------------------------
 
 
 def test_compose_applies_in_order_and_sums_ladj():
-    a = _perturb(nf.Elementwise(Affine(), 3), seed=1).double()
-    b = _perturb(nf.AffineCoupling(3, hidden=H), seed=2).double()
+    a = perturb(nf.Elementwise(Affine(), 3), seed=1).double()
+    b = perturb(nf.AffineCoupling(3, hidden=H), seed=2).double()
     comp = nf.Compose(a, b)
     x = randn(5, 3)
     z, ladj = comp(x)
@@ -64,8 +57,8 @@ def test_compose_bad_arguments():
 
 
 def test_compose_passes_context_only_to_conditional_parts():
-    free = _perturb(nf.Elementwise(Affine(), 3), seed=1).double()
-    cond = _perturb(nf.AffineCoupling(3, context_dim=2, hidden=H), seed=2).double()
+    free = perturb(nf.Elementwise(Affine(), 3), seed=1).double()
+    cond = perturb(nf.AffineCoupling(3, context_dim=2, hidden=H), seed=2).double()
     comp = nf.Compose(free, cond, free)
     assert comp.context_dim == 2
     x, c = randn(4, 3), randn(4, 2, seed=1)
@@ -92,7 +85,7 @@ def test_compose_fast_direction():
 
 
 def test_inverse_swaps_directions():
-    maf = _perturb(nf.MaskedAutoregressive(Affine(), 3, hidden=H)).double()
+    maf = perturb(nf.MaskedAutoregressive(Affine(), 3, hidden=H)).double()
     inv = nf.Inverse(maf)
     x = randn(6, 3)
     for got, ref in zip(inv(x), maf.inverse(x)):
@@ -109,7 +102,7 @@ def test_inverse_swaps_directions():
 
 
 def test_inverse_keeps_the_context():
-    cond = _perturb(nf.AffineCoupling(3, context_dim=2, hidden=H)).double()
+    cond = perturb(nf.AffineCoupling(3, context_dim=2, hidden=H)).double()
     inv = nf.Inverse(cond)
     assert inv.context_dim == 2
     with pytest.raises(ValueError, match=r"Inverse is conditional \(context_dim=2\)"):
@@ -134,7 +127,7 @@ def test_shape_errors_name_the_class_and_shapes():
 
 
 def test_context_checks_and_broadcasting():
-    b = _perturb(nf.AffineCoupling(3, context_dim=2, hidden=H)).double()
+    b = perturb(nf.AffineCoupling(3, context_dim=2, hidden=H)).double()
     x, c = randn(4, 3), randn(2, seed=1)
     z, ladj = b(x, c)  # one context for the whole batch
     torch.testing.assert_close(z, b(x, c.expand(4, 2))[0], rtol=0, atol=0)

@@ -10,20 +10,15 @@ import torch
 
 import torchnf as nf
 from conftest import randn
-from torchnf.testing import check_flow, normalization_error
+from torchnf.testing import check_flow, normalization_error, perturb
 
 H = (16, 16)
 
 
 def perturbed(flow: nf.Flow, scale: float = 0.1, seed: int = 0,
               dtype: torch.dtype = torch.float64) -> nf.Flow:
-    """A copy of ``flow`` in ``dtype`` whose parameters are moved off the identity (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    flow = flow.to(dtype)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return flow
+    """``flow`` in ``dtype``, its parameters moved off the identity (seeded)."""
+    return perturb(flow.to(dtype), scale, seed)
 
 
 FLOWS = {

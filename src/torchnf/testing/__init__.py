@@ -11,9 +11,9 @@ Example:
     >>> check_bijection(nf.AffineCoupling(4, hidden=(8,)), structure="coupling")
 """
 
-from torchnf.testing.base import Case, tolerances
+from torchnf.testing.base import Case, perturb, tolerances
 from torchnf.testing.bijection import check_bijection, check_compiled
 from torchnf.testing.flow import check_flow, check_transformer, normalization_error
 
 __all__ = ["Case", "check_bijection", "check_compiled", "check_flow", "check_transformer",
-           "normalization_error", "tolerances"]
+           "normalization_error", "perturb", "tolerances"]

@@ -7,13 +7,14 @@ import copy
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from torchnf.core import Bijection, Inverse
 
-__all__ = ["Case", "tolerances"]
+__all__ = ["Case", "perturb", "tolerances"]
 
 BATCH_SHAPES: tuple[tuple[int, ...], ...] = ((), (7,), (3, 5))
 
@@ -160,11 +161,26 @@ def _attr(b: Bijection, name: str) -> Tensor | None:
         b = b.bijection
 
 
-def _perturb(module: torch.nn.Module, scale: float, g: torch.Generator) -> None:
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def perturb(module: M, scale: float = 0.1, seed: int = 0, *, generator: torch.Generator | None = None) -> M:
+    """Add ``scale * randn`` to every parameter of ``module`` in place (seeded) and return it.
+
+    Moves a freshly built layer off the identity so that tests exercise a non-trivial map. The
+    noise comes from ``generator`` if given, else from a CPU generator seeded with ``seed``; the
+    global random state is untouched.
+
+    Example:
+        >>> import torchnf as nf
+        >>> layer = perturb(nf.AffineCoupling(4, hidden=(8,)), 0.3)
+    """
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     if scale:
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
+    return module
 
 
 def _jacobian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -19,9 +19,9 @@ from torchnf.testing.base import (
     _device,
     _fmt,
     _jacobian,
-    _perturb,
     _randn,
     _seeded,
+    perturb,
     tolerances,
 )
 
@@ -363,7 +363,7 @@ def _check_bijection(run: _Run) -> None:
         run.b.eval()
     if case.identity_at_init:
         run.identity()
-    _perturb(run.b, case.perturb, run.g)
+    perturb(run.b, case.perturb, generator=run.g)
     run.round_trips()
     if case.jacobian:
         run.jacobians()
@@ -403,7 +403,7 @@ def check_compiled(bijection_or_case: Case | Bijection, *, dtype: torch.dtype = 
     """
     case = _as_case(bijection_or_case, case_options)
     run = _Run(case, dtype, seed, device)
-    _perturb(run.b, case.perturb, run.g)
+    perturb(run.b, case.perturb, generator=run.g)
     run.b.eval()
     # Every bijection shares Bijection.forward's code object: start from empty compile caches so
     # that earlier checks do not count against this one's recompile limit.
