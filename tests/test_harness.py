@@ -2,14 +2,20 @@
 
 Cases live in ``tests/cases/<family>.py``; each case runs in float64 (tight tolerances) and float32,
 with a context when its bijection is conditional. The ``torch.compile`` test is slow and opt-in.
+A case module may also define ``TRANSFORMERS: list[tuple[name, make, options]]``: scalar
+transformers run through ``check_transformer(make(), dtype=..., **options)``.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+import cases
 import torchnf as nf
 from cases import all_cases
 from torchnf.core import Bijection
@@ -17,6 +23,15 @@ from torchnf.testing import Case, check_bijection, check_compiled, check_flow, c
 from torchnf.transformers import Affine, Shift
 
 CASES = all_cases()
+
+
+def _transformer_cases() -> list:
+    out = []
+    for info in sorted(pkgutil.iter_modules(cases.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"cases.{info.name}")
+        for name, make, options in getattr(module, "TRANSFORMERS", []):
+            out.append(pytest.param(make, options, id=name))
+    return out
 
 
 def _param(case):
@@ -39,6 +54,12 @@ def test_case_names_are_unique():
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_bijection_properties(case, dtype):
     check_bijection(case, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make, options", _transformer_cases())
+def test_transformer_properties(make, options, dtype):
+    check_transformer(make(), dtype=dtype, **options)
 
 
 @pytest.mark.slow
@@ -202,13 +223,6 @@ def test_harness_leaves_global_rng_alone():
     state = torch.get_rng_state()
     check_bijection(_Scale(3))
     assert torch.equal(state, torch.get_rng_state())
-
-
-def test_check_transformer_accepts_core_transformers():
-    for dtype in (torch.float64, torch.float32):
-        check_transformer(Affine(), dtype=dtype)
-        check_transformer(Affine(scale_bound=1.0), dtype=dtype, scale=3.0)
-        check_transformer(Shift(), dtype=dtype)
 
 
 class _Decreasing(Shift):

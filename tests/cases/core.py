@@ -62,3 +62,10 @@ CASES: list[Case] = [
     Case("IAF", lambda: nf.IAF(4, layers=2, hidden=H)),
     Case("IAF-context", lambda: nf.IAF(3, context_dim=2, layers=2, hidden=H)),
 ]
+
+# scalar transformers: (name, make, options of check_transformer)
+TRANSFORMERS = [
+    ("Affine", Affine, {}),
+    ("Affine-tight-bound", lambda: Affine(scale_bound=1.0), {"scale": 3.0}),
+    ("Shift", Shift, {}),
+]
