@@ -83,9 +83,10 @@ class CircularSpline(Transformer):
     def knots(self, params: Tensor) -> Tensor:
         """All knots ``(3, *b, K+1)``; the derivative row is periodic (``d_K = d_0``)."""
         logits, raw, *_ = _split(self, params, *self._sizes_of_rest)
-        xy = F.pad(_Grid(logits, -_PI, _PI, self._sizes).knots(), (1, 0), value=-_PI)
+        grid = _Grid(logits, -_PI, _PI, self._sizes)
+        x, y = (F.pad(grid.knots(r), (1, 0), value=-_PI) for r in (0, 1))
         d = F.softplus(torch.cat([raw, raw[..., :1]], dim=-1) + self._shift) + self.min_derivative
-        return torch.stack([xy[..., 0, :], xy[..., 1, :], d], 0)
+        return torch.stack([x, y, d], 0)
 
     def _spline(self, v: Tensor, raw: Tensor, logits: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         idx, x0, x1, y0, y1 = _Grid(logits, -_PI, _PI, self._sizes).locate(v, int(inverse))

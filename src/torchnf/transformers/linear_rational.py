@@ -141,10 +141,11 @@ class LinearRationalSpline(Transformer):
         """All knots ``(4, *b, K+1)`` (positions, values, derivatives, split fractions padded with
         one unused entry), e.g. for plotting."""
         logits, raw, raw_lam = _split(self, params, self.bins - 1, self.bins)
-        xy = F.pad(_Grid(logits, -self.bound, self.bound, self._sizes).knots(), (1, 0), value=-self.bound)
+        grid = _Grid(logits, -self.bound, self.bound, self._sizes)
+        x, y = (F.pad(grid.knots(r), (1, 0), value=-self.bound) for r in (0, 1))
         d = F.pad(F.softplus(raw + self._shift) + self.min_derivative, (1, 1), value=1.0)
         lam = F.pad(self._lambda(raw_lam), (0, 1), value=0.5)
-        return torch.stack([xy[..., 0, :], xy[..., 1, :], d, lam], 0)
+        return torch.stack([x, y, d, lam], 0)
 
     def _spline(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         logits, raw, raw_lam = _split(self, params, self.bins - 1, self.bins)

@@ -1,15 +1,18 @@
 r"""Monotone rational-quadratic splines: the functional kernel :func:`rational_quadratic` and the
 :class:`RationalQuadraticSpline` transformer (neural spline flows).
 
-Knots are stored *row-major*: a tensor ``knots`` of shape ``(R, *b, K+1)`` whose rows are the knot
-positions ``x_k``, the knot values ``y_k``, the derivatives ``d_k`` (and, for other spline families,
-further per-bin quantities). One ``searchsorted`` on a contiguous row finds the bin of every input,
-and one ``gather`` of the columns ``(k, k+1)`` fetches every per-bin quantity at once.
+The kernel takes explicit knots (rows ``x_k``, ``y_k``, ``d_k`` stacked row-major, one
+``searchsorted`` on a contiguous row and one ``gather`` of every row at the bin's two columns).
+The transformers never build their knot tensors: :class:`_Grid` finds the bin from cumulative
+sums of the exponentiated logits and maps only the gathered knots to positions, and the
+derivative parameters of the two knots of the bin are gathered raw and constrained afterwards,
+so the cost per input is a handful of passes over the ``3K - 1`` parameters plus a few dozen
+scalar operations.
 
 Outside ``[x_0, x_K]`` the map continues linearly with the end derivative through the end knots
-(clamp, compute, select), so the spline is defined on the whole real line, is continuously
-differentiable at the end knots and stays finite in both values and gradients far out in the
-tails.
+(clamp, compute, select with ``torch.where``), so the spline is defined on the whole real line,
+is continuously differentiable at the end knots and stays finite in values and gradients far out
+in the tails.
 """
 
 from __future__ import annotations
@@ -56,52 +59,50 @@ class _Grid:
 
     Bins have sizes :math:`m + (1 - K m)\,\mathrm{softmax}(u)` of ``hi - lo``, so the right edge
     of bin ``j`` is :math:`lo + (hi - lo)\,[(1 - K m)\, c_j / c_{K-1} + m (j + 1)]` with
-    :math:`c = \mathrm{cumsum}(e^{u - \max u})`. On CPU ``torch.softmax`` over a last axis of a
-    few bins is several times slower than these passes, and the normalisation and minimum sizes
-    are applied only to the few knots that are used; the max is a constant shift that cancels in
-    the ratio, so it carries no gradient. :meth:`knots` evaluates the formula on all knots (for
-    the bin search, without gradient) and :meth:`at` on gathered ones, with the same arithmetic,
-    so both agree bit for bit and inputs on a knot are exact. The end knots are ``lo`` and ``hi``
-    exactly.
+    :math:`c = \mathrm{cumsum}(e^{u})`. The logits are clamped to ``[-50, 50]`` (size ratios up to
+    :math:`e^{100}`), which keeps every term finite and normal in float32 without a max pass. On
+    CPU, ``torch.softmax`` over a last axis of a few bins, or a max shift of the strided logits,
+    is several times slower than clamp, ``exp_`` and ``cumsum``, and the normalisation and the
+    minimum sizes are applied only to the knots that are used: :meth:`knots` evaluates the
+    formula on one axis (for the bin search, without gradient) and :meth:`locate` on the gathered
+    edges, with the same arithmetic, so both agree bit for bit and inputs on a knot are exact. The
+    end knots are ``lo`` and ``hi`` exactly.
     """
 
     def __init__(self, logits: Tensor, lo: float, hi: float, min_sizes: tuple[float, float]) -> None:
         K = logits.shape[-1]
-        self.bins, self.lo, self.hi = K, lo, hi
-        e = (logits - logits.detach().amax(-1, keepdim=True)).exp_()
-        self.cs = e.cumsum(-1)  # (*b, 2, K)
-        m = torch.tensor([[min_sizes[0]], [min_sizes[1]]], dtype=e.dtype, device=e.device)
-        self.m = m  # (2, 1)
-        self.scale = (1 - K * m) / self.cs[..., K - 1 :]  # (*b, 2, 1)
+        self.bins, self.lo, self.hi, self.m = K, lo, hi, min_sizes
+        cs = logits.clamp(-50.0, 50.0).exp_().cumsum(-1)  # (*b, 2, K)
+        self.rows = cs.unbind(-2)  # cumulative widths, cumulative heights: (*b, K) each
+        self.scales = [(1 - K * m) / c[..., K - 1 :] for m, c in zip(min_sizes, self.rows)]  # (*b, 1)
 
-    def _map(self, c: Tensor, count: Tensor, scale: Tensor, m: Tensor) -> Tensor:
-        return (c * scale + m * count) * (self.hi - self.lo) + self.lo
+    def _map(self, c: Tensor, count: Tensor, row: int) -> Tensor:
+        return (c * self.scales[row] + count * self.m[row]) * (self.hi - self.lo) + self.lo
 
-    def knots(self, row: int | None = None) -> Tensor:
-        """Right edges of bins ``0 .. K-1`` of one row ``(*b, K)`` or of both ``(*b, 2, K)``."""
-        count = torch.arange(1, self.bins + 1, dtype=self.cs.dtype, device=self.cs.device)
-        if row is None:
-            k = self._map(self.cs, count, self.scale, self.m)
-        else:
-            k = self._map(self.cs[..., row, :], count, self.scale[..., row, :], self.m[row])
+    def knots(self, row: int) -> Tensor:
+        """Right edges of bins ``0 .. K-1`` on axis ``row`` (0: x, 1: y), ``(*b, K)``."""
+        count = torch.arange(1, self.bins + 1, dtype=self.rows[0].dtype, device=self.rows[0].device)
+        k = self._map(self.rows[row], count, row)
         return torch.cat([k[..., :-1], torch.full_like(k[..., -1:], self.hi)], -1)
 
     def locate(self, v: Tensor, row: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Bin ``idx`` ``(*b, 1)`` of ``v`` ``(*b)`` searched in ``row`` (0: x, 1: y) and the bin's
-        edges ``x0, x1, y0, y1`` ``(*b)``, from one ``searchsorted`` and one ``gather``."""
+        """Bin ``idx`` ``(*b, 1)`` of ``v`` ``(*b)`` searched on axis ``row`` and the bin's edges
+        ``x0, x1, y0, y1`` ``(*b)``, from one ``searchsorted`` and a ``gather`` per axis. (Every
+        tensor here is ``(*b)`` or ``(*b, n)`` with broadcasting on the last axis only: on CPU,
+        broadcasting over small middle axes is an order of magnitude slower.)"""
         K, lo, hi = self.bins, self.lo, self.hi
         with torch.no_grad():
-            edges = self.knots(row).contiguous()
+            edges = self.knots(row)
             idx = torch.searchsorted(edges, v.detach().unsqueeze(-1).contiguous(), right=True)
             idx = idx.clamp_(max=K - 1)
-        index = torch.cat([(idx - 1).clamp(min=0), idx], dim=-1)  # (*b, 2): cs entries of the edges
-        g = self.cs.gather(-1, index.unsqueeze(-2).expand(*index.shape[:-1], 2, 2))
-        e = self._map(g, (index + 1).to(g.dtype).unsqueeze(-2), self.scale, self.m)  # (*b, 2, 2)
-        first, last = idx[..., 0] == 0, idx[..., 0] == K - 1
-        x0 = torch.where(first, lo, e[..., 0, 0])
-        y0 = torch.where(first, lo, e[..., 1, 0])
-        x1 = torch.where(last, hi, e[..., 0, 1])
-        y1 = torch.where(last, hi, e[..., 1, 1])
+        index = torch.cat([(idx - 1).clamp(min=0), idx], dim=-1)  # (*b, 2): entries of the edges
+        count = (index + 1).to(self.rows[0].dtype)
+        x, y = (self._map(self.rows[r].gather(-1, index), count, r) for r in (0, 1))
+        first, last = idx[..., 0] == 0, idx[..., 0] == K - 1  # end knots pinned to lo and hi
+        x0 = torch.where(first, lo, x[..., 0])
+        y0 = torch.where(first, lo, y[..., 0])
+        x1 = torch.where(last, hi, x[..., 1])
+        y1 = torch.where(last, hi, y[..., 1])
         return idx, x0, x1, y0, y1
 
 
@@ -349,9 +350,10 @@ class RationalQuadraticSpline(Transformer):
         """All knots ``(3, *b, K+1)`` (positions, values, derivatives), e.g. for plotting; the
         transformer itself only computes the knots of the bin of each input."""
         logits, raw = _split(self, params, self.bins - 1)
-        xy = F.pad(_Grid(logits, -self.bound, self.bound, self._sizes).knots(), (1, 0), value=-self.bound)
+        grid = _Grid(logits, -self.bound, self.bound, self._sizes)
+        x, y = (F.pad(grid.knots(r), (1, 0), value=-self.bound) for r in (0, 1))
         d = F.pad(F.softplus(raw + self._shift) + self.min_derivative, (1, 1), value=1.0)
-        return torch.stack([xy[..., 0, :], xy[..., 1, :], d], 0)
+        return torch.stack([x, y, d], 0)
 
     def _spline(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         logits, raw = _split(self, params, self.bins - 1)
