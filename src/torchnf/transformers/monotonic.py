@@ -219,22 +219,25 @@ class UMNN(Transformer):
         return F.softplus(h + _SOFTPLUS_ONE) * (1 - e) + e
 
     def _integral(self, x: Tensor, params: Tensor) -> Tensor:
-        """``b + integral_0^x g`` by quadrature (used without gradients in the bisection)."""
+        """``b + integral_0^x g`` by quadrature on ``(*b, quadrature, H)`` points."""
         u, c, v, d, b = self._split(params)
-        t, w = self._t.to(x), self._w.to(x)
-        g = self._g(self._net(x[..., None] * t, u, c, v, d))
-        return b + x * (g @ w)
+        g = self._g(self._net(x[..., None] * self._t.to(x), u, c, v, d))
+        return b + x * (g @ self._w.to(x))
+
+    def _integrand(self, x: Tensor, params: Tensor) -> Tensor:
+        u, c, v, d, _ = self._split(params)
+        return self._g(self._net(x[..., None], u, c, v, d)[..., 0])
 
     def _evaluate(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """``(y, log g(x))``; ``y`` is the quadrature at ``x`` with ``dy/dx = g(x)`` exactly."""
-        u, c, v, d, b = self._split(params)
-        t, w = self._t.to(x), self._w.to(x)
+        """``(y, log g(x))``; ``y`` is the quadrature at ``x`` with ``dy/dx = g(x)`` exactly.
+
+        The quadrature runs on the detached ``x``, so autograd never forms the input gradient of
+        the large ``(*b, quadrature, H)`` tensor; ``g(x) (x - x.detach())`` (zero in value)
+        carries ``dy/dx``.
+        """
         xd = x.detach()
-        # The nodes are detached, so autograd never forms d/dt on the (*b, quadrature, H) tensor.
-        g_nodes = self._g(self._net(xd[..., None] * t, u, c, v, d))
-        g_x = self._g(self._net(x[..., None], u, c, v, d)[..., 0])
-        y = b + xd * (g_nodes @ w) + g_x * (x - xd)
-        return y, torch.log(g_x)
+        g = self._integrand(x, params)
+        return self._integral(xd, params) + g * (x - xd), torch.log(g)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._evaluate(x, params)
@@ -252,8 +255,7 @@ class UMNN(Transformer):
                         self.max_iter, "UMNN")
         fx, log_g = self._evaluate(xs, params)
         x = xs - (fx - y) * torch.exp(-log_g)
-        u, c, v, d, _ = self._split(params)
-        return x, -torch.log(self._g(self._net(x[..., None], u, c, v, d)[..., 0]))
+        return x, -torch.log(self._integrand(x, params))
 
 
 class DeepSigmoid(Transformer):
