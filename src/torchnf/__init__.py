@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from torchnf import transformers
+from torchnf import inference, targets, transformers
 from torchnf.architectures import *
 from torchnf.bijections.autoregressive import *
 from torchnf.bijections.continuous import *
@@ -18,5 +18,7 @@ from torchnf.bijections.sylvester import *
 from torchnf.core import *
 from torchnf.distributions import *
 from torchnf.flow import *
+from torchnf.inference import mcmc
+from torchnf.inference.outliers import OutlierDetector
 from torchnf.nn import MLP, MaskedMLP
 from torchnf.training import *
