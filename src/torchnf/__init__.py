@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from torchnf import inference, targets, transformers
+from torchnf import datasets, inference, plotting, targets, transformers
 from torchnf.architectures import *
 from torchnf.bijections.autoregressive import *
 from torchnf.bijections.continuous import *

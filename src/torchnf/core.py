@@ -190,16 +190,28 @@ def check_context(
         raise ValueError(
             f"{name}: expected context of shape (*batch, {context_dim}), got {_fmt(context.shape)}"
         )
-    try:
-        shape = torch.broadcast_shapes(batch, context.shape[:-1])
-    except RuntimeError:
+    shape = _broadcast(batch, context.shape[:-1])
+    if shape is None:
         raise ValueError(
             f"{name}: context batch shape {_fmt(context.shape[:-1])} does not broadcast with the "
             f"input batch shape {_fmt(batch)}"
-        ) from None
+        )
     if context.shape[:-1] != shape:
         context = context.expand(*shape, context_dim)
     return context, shape
+
+
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> torch.Size | None:
+    """Broadcast two shapes (plain Python: ``torch.broadcast_shapes`` costs a second on first use)."""
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for i, j in zip(a, b):
+        if i != j and i != 1 and j != 1:
+            return None
+        out.append(j if i == 1 else i)
+    return torch.Size(out)
 
 
 def sum_event(t: Tensor, n_event_dims: int) -> Tensor:
