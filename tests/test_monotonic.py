@@ -266,14 +266,14 @@ def _gaussian_loglik(x: torch.Tensor) -> float:
 @pytest.mark.parametrize("arch", ["UMNNMAF", "NAF"])
 def test_architecture_fit_on_banana(arch):
     # True log-likelihood of the banana: -log(2 pi e) + log 2 = -2.145; best Gaussian: -2.71 on this
-    # test set. 150 Adam steps reach about -2.19 (UMNNMAF and NAF alike, seed 0).
+    # test set. 100 Adam steps (batch 128) reach -2.19 (UMNNMAF) and -2.20 (NAF), seed 0.
     torch.manual_seed(0)
     x, x_test = _banana(2000, 0), _banana(2000, 1)
     kw = {"integrand_hidden": 8, "quadrature": 12} if arch == "UMNNMAF" else {"sigmoid_units": 6}
     flow = nf.Flow(getattr(nf, arch)(2, layers=2, hidden=(32, 32), **kw))
-    opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
-    for _ in range(150):
-        idx = torch.randint(0, 2000, (256,))
+    opt = torch.optim.Adam(flow.parameters(), lr=5e-3)
+    for _ in range(100):
+        idx = torch.randint(0, 2000, (128,))
         loss = -flow.log_prob(x[idx]).mean()
         opt.zero_grad()
         loss.backward()
