@@ -57,22 +57,23 @@ def _gather_bins(v: Tensor, knots: Tensor, row: int) -> tuple[Tensor, ...]:
 class _Grid:
     r"""Knot positions on both axes from width and height logits ``(*b, 2, K)``.
 
-    Bins have sizes :math:`m + (1 - K m)\,\mathrm{softmax}(u)` of ``hi - lo``, so the right edge
+    Bins have sizes :math:`m + (1 - K m)\,\mathrm{softmax}(g(u))` of ``hi - lo``, so the right edge
     of bin ``j`` is :math:`lo + (hi - lo)\,[(1 - K m)\, c_j / c_{K-1} + m (j + 1)]` with
-    :math:`c = \mathrm{cumsum}(e^{u})`. The logits are clamped to ``[-50, 50]`` (size ratios up to
-    :math:`e^{100}`), which keeps every term finite and normal in float32 without a max pass. On
-    CPU, ``torch.softmax`` over a last axis of a few bins, or a max shift of the strided logits,
-    is several times slower than clamp, ``exp_`` and ``cumsum``, and the normalisation and the
-    minimum sizes are applied only to the knots that are used: :meth:`knots` evaluates the
-    formula on one axis (for the bin search, without gradient) and :meth:`locate` on the gathered
-    edges, with the same arithmetic, so both agree bit for bit and inputs on a knot are exact. The
-    end knots are ``lo`` and ``hi`` exactly.
+    :math:`c = \mathrm{cumsum}(e^{g(u)})` and the soft bound :math:`g(u) = 32\,\sigma(u / 8)`
+    (:math:`\approx u + 16` near 0, within :math:`(0, 32)`): the sizes are a softmax of bounded
+    logits, so every term and its gradient stay finite in float32 (even :math:`c_{K-1}^2`) with no
+    max pass, and no logit ever loses its gradient. On CPU, ``torch.softmax`` over a last axis of
+    a few bins, or a max shift of the strided logits, is several times slower than these
+    elementwise passes and ``cumsum``. The normalisation and the minimum sizes are applied only to
+    the knots that are used: :meth:`knots` evaluates the formula on one axis (for the bin search,
+    without gradient) and :meth:`locate` on the gathered edges, with the same arithmetic, so both
+    agree bit for bit and inputs on a knot are exact. The end knots are ``lo`` and ``hi`` exactly.
     """
 
     def __init__(self, logits: Tensor, lo: float, hi: float, min_sizes: tuple[float, float]) -> None:
         K = logits.shape[-1]
         self.bins, self.lo, self.hi, self.m = K, lo, hi, min_sizes
-        cs = logits.clamp(-50.0, 50.0).exp_().cumsum(-1)  # (*b, 2, K)
+        cs = (torch.sigmoid(logits * 0.125) * 32.0).exp_().cumsum(-1)  # (*b, 2, K)
         self.rows = cs.unbind(-2)  # cumulative widths, cumulative heights: (*b, K) each
         self.scales = [(1 - K * m) / c[..., K - 1 :] for m, c in zip(min_sizes, self.rows)]  # (*b, 1)
 
@@ -307,8 +308,9 @@ class RationalQuadraticSpline(Transformer):
 
     The ``3K - 1`` raw parameters per scalar are ``K`` width logits, ``K`` height logits and
     ``K - 1`` interior derivative parameters. Bin widths are
-    :math:`m_w + (1 - K m_w)\,\mathrm{softmax}(u)` of the interval ``2B`` (heights likewise),
-    knots are their cumulative sums from ``-B``; interior derivatives are
+    :math:`m_w + (1 - K m_w)\,\mathrm{softmax}(g(u))` of the interval ``2B`` (heights likewise),
+    with the soft bound :math:`g(u) = 32\,\sigma(u / 8)` (see :class:`_Grid`); knots are their
+    cumulative sums from ``-B``; interior derivatives are
     :math:`m_d + \mathrm{softplus}(v + c)` with :math:`c` chosen so that :math:`v = 0` gives slope
     1; the end derivatives are 1, so the spline joins the identity tails smoothly. All-zero
     parameters are the identity map (no offset needed in the conditioner). See
