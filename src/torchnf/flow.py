@@ -193,7 +193,9 @@ class Flow(Recorded, nn.Module):
         """Maximum-likelihood fit (minibatch AdamW, early stopping, best weights restored).
 
         See :func:`torchnf.training.fit` for every option. Returns the per-epoch
-        :class:`~torchnf.training.History`.
+        :class:`~torchnf.training.History`. A bijection with its own fitting procedure (a
+        ``fit_data`` method, e.g. :class:`~torchnf.SINF`'s greedy, gradient-free algorithm) is
+        fitted by that instead.
 
         Example:
             >>> flow = nf.Flow(nf.MAF(2, layers=2, hidden=(16, 16)))
@@ -201,6 +203,9 @@ class Flow(Recorded, nn.Module):
             >>> len(history.train)
             3
         """
+        fit_data = getattr(self.bijection, "fit_data", None)
+        if fit_data is not None:  # a bijection with its own (e.g. greedy, gradient-free) fit: SINF
+            return fit_data(x, val, context=context, **kwargs)
         from torchnf.training import fit
 
         return fit(self, x, context=context, val=val, **kwargs)
