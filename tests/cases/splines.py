@@ -80,3 +80,14 @@ CASES: list[Case] = [
     Case("ElementwiseSpline-context", lambda: nf.ElementwiseSpline(3, bins=6, context_dim=2, hidden=H),
          structure="elementwise", tol=TOL, perturb=PERTURB),
 ]
+
+_ANGLES = torch.linspace(-math.pi, math.pi, 50, dtype=torch.float64)[:-1]
+
+TRANSFORMERS = [
+    ("RationalQuadraticSpline", lambda: RationalQuadraticSpline(bins=6, bound=4.0), {"tol": TOL}),
+    ("RationalQuadraticSpline-uneven-minima",
+     lambda: RationalQuadraticSpline(bins=5, bound=3.0, min_width=0.02, min_height=0.005), {"tol": TOL}),
+    ("LinearRationalSpline", lambda: LinearRationalSpline(bins=6, bound=4.0), {"tol": TOL}),
+    # (with rotation=True the map is monotone on the circle, not on [-pi, pi): tested in test_splines)
+    ("CircularSpline", lambda: CircularSpline(bins=6), {"tol": TOL, "inputs": _ANGLES}),
+]
