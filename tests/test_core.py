@@ -221,3 +221,13 @@ def test_name_collisions_raise():
         pass
 
     assert _REGISTRY[f"{__name__}:test_name_collisions_raise.<locals>.UserShift"] is UserShift
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nf.Sigmoid(0), lambda: nf.ElementwiseAffine((2, 0)), lambda: nf.MaskedAffineAutoregressive(0),
+    lambda: nf.Elementwise(Affine(), 0),
+])
+def test_empty_event_shapes_raise(make):
+    """A size-0 event used to build a layer that silently mapped nothing."""
+    with pytest.raises(ValueError, match=r"every size of event_shape must be >= 1, got \("):
+        make()

@@ -256,6 +256,9 @@ class Bijection(Recorded, nn.Module):
             out_event_shape = (out_event_shape,)
         self.event_shape = torch.Size(event_shape)
         self.out_event_shape = torch.Size(out_event_shape if out_event_shape is not None else event_shape)
+        for what, shape in (("event_shape", self.event_shape), ("out_event_shape", self.out_event_shape)):
+            if any(s < 1 for s in shape):
+                raise ValueError(f"{type(self).__name__}: every size of {what} must be >= 1, got {_fmt(shape)}")
         if int(context_dim) < 0:
             raise ValueError(f"{type(self).__name__}: context_dim must be >= 0, got {context_dim}")
         self.context_dim = int(context_dim)
