@@ -5,8 +5,6 @@ normalisation of whole flows and a short variational fit."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch.func import functional_call
@@ -288,33 +286,22 @@ def test_save_load_round_trip(tmp_path):
     assert torch.allclose(loaded.log_prob(x), flow.log_prob(x), atol=1e-6)
 
 
-def _banana(x: torch.Tensor, a: float = 1.0, b: float = 1.0) -> torch.Tensor:
-    """Unnormalised banana: z = (x1 / a, a (x2 - b (x1^2 + a^2))) is standard normal; log Z = log 2 pi."""
-    z1 = x[..., 0] / a
-    z2 = a * (x[..., 1] - b * (x[..., 0] ** 2 + a**2))
-    return -0.5 * (z1**2 + z2**2)
-
-
 @pytest.mark.slow
 def test_planar_reverse_kl_fit_reaches_stated_elbo():
-    """A short reverse-KL fit of a planar flow to the banana: the ELBO climbs to within 0.25 nats of
-    log Z (the initial standard normal is several nats away)."""
-    torch.manual_seed(0)
+    """A short reverse-KL fit (``fit_variational``) of a planar flow to the banana target, whose
+    ``log Z`` is known: the ELBO climbs from about 1 nat below ``log Z`` (the initial standard
+    normal) to within 0.15 nats of it (0.08 at seed 0)."""
+    target = nf.targets.Banana()
     flow = nf.Flow(nf.Planar(2, layers=8))
-    opt = torch.optim.Adam(flow.parameters(), lr=2e-2)
-    log_z = math.log(2 * math.pi)
 
     def elbo(n):
-        x, log_q = flow.rsample_and_log_prob(n)
-        return (_banana(x) - log_q).mean()
+        with torch.no_grad():
+            x, log_q = flow.sample_and_log_prob(n)
+            return (target.log_prob(x) - log_q).mean().item()
 
-    with torch.no_grad():
-        start = elbo(4096).item()
-    for _ in range(400):
-        opt.zero_grad()
-        (-elbo(256)).backward()
-        opt.step()
-    with torch.no_grad():
-        end = elbo(8192).item()
-    assert start < log_z - 2.0
-    assert end > log_z - 0.25, (start, end, log_z)
+    start = elbo(8192)
+    flow.fit_variational(target, steps=400, samples=256, lr=2e-2, progress=False, seed=0)
+    end = elbo(16384)
+    log_z = target.log_normalizer
+    assert start < log_z - 0.8
+    assert end > log_z - 0.15, (start, end, log_z)
