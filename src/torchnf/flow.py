@@ -35,7 +35,8 @@ class Flow(Recorded, nn.Module):
 
     Args:
         bijection: the map ``f`` from data to the base space (e.g. ``nf.RealNVP(dim)``).
-        base: base distribution over ``f``'s output events; default standard normal.
+        base: base distribution over ``f``'s output events; default standard normal. It is
+            moved to the dtype and device of the bijection's parameters (or floating buffers).
         context_encoder: optional module applied once per call to the raw context; its output
             (of size ``bijection.context_dim``) is what the bijection and the base receive. It must
             expose ``in_features`` (use :class:`~torchnf.MLP`) for save/load and shape checks.
@@ -63,6 +64,9 @@ class Flow(Recorded, nn.Module):
             base = StandardNormal(bijection.out_event_shape)
         if not isinstance(base, Distribution):
             raise TypeError(f"Flow: base must be a torchnf Distribution, got {type(base).__name__}")
+        ref = _floating(bijection)
+        if ref is not None:  # the base follows the bijection (e.g. a bijection already in float64)
+            base = base.to(ref.device, ref.dtype)
         if base.event_shape != bijection.out_event_shape:
             raise ValueError(
                 f"Flow: base event shape {tuple(base.event_shape)} does not match the bijection's "
@@ -89,11 +93,7 @@ class Flow(Recorded, nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _ref(self) -> Tensor | None:
-        for t in self.parameters():
-            return t
-        for t in self.buffers():
-            return t
-        return None
+        return _floating(self)
 
     def _check_tensor(self, t: Tensor, what: str) -> None:
         ref = self._ref()
@@ -216,15 +216,57 @@ class Flow(Recorded, nn.Module):
 
         return fit_variational(self, log_target, **kwargs)
 
+    # -- probability questions (Monte Carlo with standard errors; see torchnf.inference.queries) --
+    def probability(self, region: Callable[[Tensor], Tensor], n: int = 100_000, **kwargs: Any) -> Any:
+        """``P(x in region)`` for a boolean function ``region(x)``, with its standard error.
+
+        Example:
+            >>> flow = nf.Flow(nf.RealNVP(2, layers=2, hidden=(8, 8)))
+            >>> p = flow.probability(lambda x: x[..., 0] > 0, n=20_000, seed=0)
+            >>> abs(p.estimate - 0.5) < 4 * p.stderr
+            True
+        """
+        from torchnf.inference.queries import probability
+
+        return probability(self, region, n=n, **kwargs)
+
+    def expectation(self, fn: Callable[[Tensor], Tensor], n: int = 100_000, **kwargs: Any) -> Any:
+        """``E[fn(x)]`` under the flow, with its standard error."""
+        from torchnf.inference.queries import expectation
+
+        return expectation(self, fn, n=n, **kwargs)
+
+    def marginal_cdf(self, i: int, values: Tensor | float, n: int = 100_000, **kwargs: Any) -> Any:
+        """``P(x_i <= v)`` for each ``v`` in ``values``, with standard errors."""
+        from torchnf.inference.queries import marginal_cdf
+
+        return marginal_cdf(self, i, values, n=n, **kwargs)
+
     # -- persistence -----------------------------------------------------------------------------
     def config(self) -> dict:
         """Plain-data description from which :func:`load` rebuilds the flow."""
         return to_config(self)
 
     def save(self, path: str | os.PathLike, **extra: Any) -> None:
-        """Write configuration and weights to ``path`` atomically (temporary file, then rename)."""
+        """Write configuration, weights and train/eval mode to ``path`` atomically (temporary file,
+        then rename)."""
+        ref = self._ref()
         save_atomic({"format": _FORMAT, "version": __version__, "config": self.config(),
-                     "state_dict": self.state_dict(), "extra": extra}, path)
+                     "state_dict": self.state_dict(), "train_mode": self.training,
+                     "dtype": None if ref is None else str(ref.dtype).removeprefix("torch."),
+                     "extra": extra}, path)
+
+
+def _floating(module: nn.Module) -> Tensor | None:
+    """The first floating-point parameter or buffer (it carries the module's dtype and device;
+    integer buffers such as permutation indices do not)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t
+    for t in module.buffers():
+        if t.is_floating_point():
+            return t
+    return None
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -246,7 +288,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> Flow:
-    """Rebuild a flow saved with :meth:`Flow.save` (no user code needed; ``weights_only=True``)."""
+    """Rebuild a flow saved with :meth:`Flow.save` (no user code needed; ``weights_only=True``).
+
+    The flow comes back in the dtype of its saved weights and in the mode it was saved in (a
+    training checkpoint, or a file without that record, loads in ``eval()`` mode), so batch-norm
+    layers and stochastic log-dets give the saved flow's ``log_prob``.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no saved flow at {os.fspath(path)!r}")
     data = torch.load(path, map_location=map_location, weights_only=True)
@@ -254,8 +301,11 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Flow:
         raise ValueError(f"{os.fspath(path)!r} is not a torchnf flow file")
     flow = from_config(data["config"])
     state = data["state_dict"]
-    ref = next(iter(state.values()), None)
-    if ref is not None and ref.is_floating_point():
+    dtype = data.get("dtype")  # recorded since the weights alone may not show it (no parameters)
+    ref = next((t for t in state.values() if t.is_floating_point()), None)
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        flow = flow.to(getattr(torch, dtype))
+    elif ref is not None:
         flow = flow.to(ref.dtype)
     flow.load_state_dict(state)
-    return flow
+    return flow.train(bool(data.get("train_mode", False)))
