@@ -260,10 +260,12 @@ def test_save_load_round_trip(tmp_path, name, dtype):
     expected = flow.log_prob(x, ctx)
     path = tmp_path / "sub" / "flow.pt"
     flow.save(path, note="hello")
-    loaded = nf.load(path)  # left in training mode: a data-dependent init must not run again
+    loaded = nf.load(path)
     assert type(loaded.bijection) is type(flow.bijection)
     assert next(loaded.parameters()).dtype == dtype
+    assert not loaded.training  # saved in eval mode
     assert torch.equal(loaded.log_prob(x, ctx), expected)
+    assert torch.equal(loaded.train().log_prob(x, ctx), expected)  # no data-dependent init again
     assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["flow.pt"]  # no temporary left
     z = randn(4, 3, dtype=dtype, seed=6)
     zc = ctx[:4] if ctx is not None else None
@@ -276,3 +278,43 @@ def test_load_errors(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a torchnf flow file"):
         nf.load(tmp_path / "other.pt")
+
+
+def test_load_restores_the_saved_mode(tmp_path):
+    """A loaded flow used to come back in training mode, so a batch-norm layer normalised with the
+    batch's statistics (and updated its running ones) and log_prob differed from the saved flow's."""
+    flow = nf.Flow(nf.Compose(nf.BatchNorm(2), nf.AffineCoupling(2, hidden=H)))
+    flow(randn(64, 2, dtype=torch.float32) * 3 + 1)  # running statistics move off (0, 1)
+    flow.eval()
+    x = randn(5, 2, dtype=torch.float32, seed=1)
+    flow.save(tmp_path / "eval.pt")
+    loaded = nf.load(tmp_path / "eval.pt")
+    assert not loaded.training
+    assert torch.equal(loaded.log_prob(x), flow.log_prob(x))
+    flow.train().save(tmp_path / "train.pt")
+    assert nf.load(tmp_path / "train.pt").training
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_parameter_free_flows_use_their_floating_tensors(tmp_path, dtype):
+    """A flow whose only buffers besides the base's are integer indices (a permutation) used to
+    take int64 as its dtype and reject every input; save/load kept float64 only by accident."""
+    flow = nf.Flow(nf.Reverse(3)).to(dtype)
+    x = randn(4, 3, dtype=dtype)
+    expected = nf.StandardNormal(3).to(dtype).log_prob(x)
+    assert torch.allclose(flow.log_prob(x), expected)
+    flow.save(tmp_path / "f.pt")
+    loaded = nf.load(tmp_path / "f.pt")
+    assert loaded.sample(2).dtype == dtype
+    assert torch.equal(loaded.log_prob(x), flow.log_prob(x))
+    with pytest.raises(TypeError, match=r"flow's parameters are torch.float"):
+        flow.log_prob(x.to(torch.float16))
+
+
+def test_default_base_follows_the_bijection_dtype():
+    """``nf.Flow(b)`` with ``b`` already in float64 built a float32 base: sampling failed in a matmul."""
+    flow = nf.Flow(nf.MAF(2, layers=1, hidden=H).double())
+    x, lp = flow.sample_and_log_prob(3)
+    assert x.dtype == lp.dtype == torch.float64
+    custom = nf.Flow(nf.RealNVP(2, layers=1, hidden=H).double(), base=nf.DiagonalNormal(2))
+    assert custom.sample(3).dtype == torch.float64
