@@ -267,7 +267,9 @@ class DeepSigmoid(Transformer):
         \mathrm{DSF}(x) = \sigma^{-1}\Big(\sum_{j=1}^K w_j\, \sigma(a_j x + b_j)\Big), \qquad
         y = (1 - \epsilon)\,\mathrm{DSF}(x) + \epsilon x,
 
-    with ``a_j = softplus(.) + 1e-3 > 0`` and ``w = softmax(.)``. The logit of the mixture and its
+    with ``a = softplus(2 r_a) + 1e-3 > 0``, ``b = 3 r_b`` and ``w = softmax(2 r_w)`` for the raw
+    parameters ``r``: the factors make the units move faster per conditioner update, which on 2-D
+    toy densities trained markedly faster at a given learning rate. The logit of the mixture and its
     log-derivative are evaluated with log-sigmoid and log-sum-exp identities only
     (``log S = lse(log w + log sigma(u))``, ``log(1 - S) = lse(log w + log sigma(-u))``,
     ``S' / (1 - S) = sum_j softmax(log w + log sigma(-u))_j a_j sigma(u_j)`` on the upper side and
@@ -281,8 +283,11 @@ class DeepSigmoid(Transformer):
 
     Near-identity initialisation: a block is the identity only if all its units coincide, which
     would leave them identical forever under gradient descent. The identity parameters therefore
-    use ``a = 1``, ``w`` uniform and offsets ``b`` spread over ``[-0.5, 0.5]``: then
-    ``|y - x| < 0.06`` and ``0.97 < dy/dx <= 1`` everywhere (``y(0) = 0``), per block.
+    use ``a = 1``, ``w`` uniform and offsets ``b`` spread evenly over ``[-2, 2]``, so the units
+    cover the range of standardised data: with ``K = 8`` each block has ``y(0) = 0``,
+    ``|y - x| < 0.75`` and ``0.71 < dy/dx <= 1`` everywhere (a slight contraction near the
+    origin, the identity's slope in the tails). A wider start trained faster than a tighter one
+    (offsets in ``[-0.5, 0.5]``, within 0.06 of the identity) on 2-D toy densities.
 
     Fast direction: forward; the inverse is bisection on the bracket ``[0, (y - y(0)) /
     epsilon^layers]`` (the slope bound) plus one Newton step for gradients.
@@ -320,17 +325,17 @@ class DeepSigmoid(Transformer):
 
     def identity_params(self) -> Tensor:
         K = self.hidden
-        a = torch.full((K,), math.log(math.expm1(1.0 - 1e-3)))
-        b = torch.linspace(-0.5, 0.5, K) if K > 1 else torch.zeros(1)
+        a = torch.full((K,), math.log(math.expm1(1.0 - 1e-3)) / 2)
+        b = torch.linspace(-2.0 / 3, 2.0 / 3, K) if K > 1 else torch.zeros(1)
         return torch.stack([a, b, torch.zeros(K)]).expand(self.layers, 3, K).clone()
 
     def _block(self, x: Tensor, p: Tensor, need_log_deriv: bool) -> tuple[Tensor, Tensor | None]:
         """One DSF block. ``p``: ``(3, K, *b)`` (units first: reductions over a short last axis
         are slow on CPU), ``x``: ``(*b)``."""
-        a_raw, b, w_raw = p.unbind(0)
-        a = F.softplus(a_raw) + 1e-3
-        log_w = w_raw - torch.logsumexp(w_raw, dim=0)
-        u = torch.addcmul(b, a, x)
+        a_raw, b_raw, w_raw = p.unbind(0)
+        a = F.softplus(2 * a_raw) + 1e-3
+        log_w = torch.log_softmax(2 * w_raw, dim=0)
+        u = torch.addcmul(3 * b_raw, a, x)
         ls_pos, ls_neg = F.logsigmoid(u), F.logsigmoid(-u)
         lw_pos, lw_neg = log_w + ls_pos, log_w + ls_neg
         log_s, log_1ms = torch.logsumexp(lw_pos, dim=0), torch.logsumexp(lw_neg, dim=0)
