@@ -108,6 +108,20 @@ def test_wilson_interval_and_bad_regions():
         e.interval(1.0)
 
 
+def test_docstring_examples_run():
+    import doctest
+
+    from torchnf.inference import adaptive, diagnostics, mcmc, outliers, queries, variational
+    from torchnf.targets import applications, gaussian, geometry
+
+    for module in (geometry, gaussian, applications, variational, diagnostics, mcmc, adaptive, outliers,
+                   queries):
+        failed, attempted = doctest.testmod(
+            module, extraglobs={"torch": torch, "nf": nf, "math": math},
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert attempted > 0 and failed == 0, module.__name__
+
+
 def test_conditional_flow_with_context():
     flow = nf.Flow(nf.RealNVP(2, context_dim=2, layers=1, hidden=(4,)))  # N(0, I) for any context
     est = probability(flow, lambda x: x[:, 0] < -1, n=20_000, context=torch.tensor([0.3, -1.0]), seed=0)
