@@ -35,6 +35,10 @@ class IResNet(Compose):
     """Invertible residual network: ``layers`` :class:`~torchnf.ResidualBlock` with the i-ResNet log-det
     (truncated power series with Hutchinson's trace in training, exact in eval for ``dim <= 64``).
 
+    The truncated series is biased, and a fit can exploit the bias in low dimension (see
+    :class:`~torchnf.ResidualBlock`); ``estimator="exact"`` costs ``dim`` times more per step but is
+    exact (on the 2-D toys it closes most of the gap: see ``benchmarks/residual_continuous.py``).
+
     Args:
         dim: number of features.
         context_dim: size of the context (0: unconditional), fed to every block's residual branch.
