@@ -6,7 +6,6 @@ unfitted SINF).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -153,10 +152,10 @@ def test_fit_data_errors():
 
 
 def test_flow_fit_runs_the_greedy_algorithm():
-    from torchnf import training
-
-    if "fit_data" not in inspect.getsource(training.fit) + inspect.getsource(nf.Flow.fit):
-        pytest.skip("Flow.fit does not dispatch to SINF.fit_data yet (one-line hook pending)")
     flow = nf.Flow(nf.SINF(2, layers=5, stiefel_steps=5))
-    history = flow.fit(_banana(500, 0).float(), val_fraction=0, progress=False, seed=0)
+    x = _banana(500, 0).float()
+    history = flow.fit(x, val_fraction=0, progress=False, seed=0)
     assert flow.bijection.num_layers == 5 and len(history.train) == 5
+    assert float(flow.log_prob(x).mean()) == pytest.approx(-history.train[-1], abs=1e-4)
+    with pytest.raises(ValueError, match=r"\['epochs'\] do not apply"):
+        flow.fit(x, epochs=3)
