@@ -205,7 +205,9 @@ class Flow(Recorded, nn.Module):
         """
         fit_data = getattr(self.bijection, "fit_data", None)
         if fit_data is not None:  # a bijection with its own (e.g. greedy, gradient-free) fit: SINF
-            return fit_data(x, val, context=context, **kwargs)
+            history = fit_data(x, val, context=context, **kwargs)
+            self.eval()  # as after a gradient fit
+            return history
         from torchnf.training import fit
 
         return fit(self, x, context=context, val=val, **kwargs)
