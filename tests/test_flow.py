@@ -324,5 +324,5 @@ def test_a_bijection_with_its_own_fit_leaves_the_flow_in_eval_mode():
     """Flow.fit's hand-off to ``fit_data`` (SINF) left the flow in training mode, unlike every
     gradient fit; a save then recorded training mode."""
     flow = nf.Flow(nf.SINF(2, layers=2, stiefel_steps=2))
-    flow.fit(randn(200, 2, dtype=torch.float32), progress=False, seed=0)
+    flow.fit(randn(200, 2, dtype=torch.float32) * torch.tensor([3.0, 0.5]) + 1, progress=False, seed=0)
     assert not flow.training and flow.bijection.num_layers >= 1
