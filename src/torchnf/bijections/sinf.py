@@ -107,8 +107,17 @@ def _increasing(v: Tensor, rel: float = 1e-9) -> Tensor:
     return torch.cummax(v - idx * step, dim=-1).values + idx * step
 
 
-def _fit_knots(p: Tensor, bins: int, alpha: float, tail_alpha: float, bandwidth: float
-               ) -> tuple[Tensor, Tensor, Tensor]:
+def _quantiles(p: Tensor, q: Tensor) -> Tensor:
+    """Linearly interpolated quantiles of the columns of ``p`` (``n x k``) at levels ``q``: ``(k, m)``."""
+    s = torch.sort(p, dim=0).values.T
+    pos = q * (p.shape[0] - 1)
+    lo = pos.floor().long().clamp(max=p.shape[0] - 2) if p.shape[0] > 1 else pos.long()
+    frac = pos - lo
+    return torch.lerp(s[:, lo], s[:, (lo + 1).clamp(max=p.shape[0] - 1)], frac)
+
+
+def _fit_knots(p: Tensor, bins: int, alpha: float, tail_alpha: float, bandwidth: float,
+               kde_points: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Knots ``(k, bins + 1)`` of the splines Gaussianising the columns of ``p`` (``n x k``).
 
     Knot ``i`` sits at the data quantile of level ``q_i = (i + 1/2) / (bins + 1)`` (equal counts
@@ -117,14 +126,15 @@ def _fit_knots(p: Tensor, bins: int, alpha: float, tail_alpha: float, bandwidth:
     identity: ``y_i = (1 - alpha) t_i + alpha x_i``. Interior derivatives are central finite
     differences of the knots. The end derivatives, which are the slopes of the linear tails, are
     the local density ratio ``(1 - alpha) f_h(x) / phi(t) + alpha`` at the end knots (one-sided
-    finite differences when ``bandwidth = 0``), pulled toward 1 by ``tail_alpha``.
+    finite differences when ``bandwidth = 0``), pulled toward 1 by ``tail_alpha``. The kernel
+    estimates use ``kde_points`` (a subsample of ``p``) when given.
     """
     m = bins + 1
     q = (torch.arange(m, dtype=p.dtype, device=p.device) + 0.5) / m
-    xk = _increasing(torch.quantile(p, q, dim=0).T.contiguous(), 1e-6)  # (k, m), robust to ties
+    xk = _increasing(_quantiles(p, q), 1e-6)  # (k, m), robust to ties
     eps = 0.5 / (p.shape[0] + 1)
     if bandwidth > 0:
-        cdf, pdf = _kernel_cdf_pdf(xk, p, bandwidth)
+        cdf, pdf = _kernel_cdf_pdf(xk, p if kde_points is None else kde_points, bandwidth)
         t = _normal_icdf(cdf.clamp(eps, 1 - eps))
     else:
         t = _normal_icdf(q).expand_as(xk)
@@ -180,7 +190,8 @@ class SINF(Bijection):
       toward 1 by the second value. Larger values take smaller, safer steps and need more
       iterations (the paper uses about 0.9); default ``(0.3, 0.8)``.
     * ``stiefel_steps``: gradient steps of the direction search per iteration (default 50);
-      ``max_samples``: data points used by the direction search (default 5000).
+      ``max_samples``: data points used by the direction search (default 5000; ten times as
+      many for the kernel estimates; the knots' quantiles always use all the data).
 
     Args:
         dim: number of features.
@@ -216,10 +227,9 @@ class SINF(Bijection):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"SINF: dim must be an integer >= 1, got {dim!r}")
         super().__init__((dim,))
-        self.options = self._check({"layers": layers, "directions": directions, "bins": bins,
-                                    "alpha": alpha, "bandwidth": bandwidth, "patience": patience,
-                                    "stiefel_steps": stiefel_steps,
-                                    "max_samples": max_samples})
+        self.options = self._check(dict(layers=layers, directions=directions, bins=bins, alpha=alpha,
+                                        bandwidth=bandwidth, patience=patience,
+                                        stiefel_steps=stiefel_steps, max_samples=max_samples))
         for name in _STATE:
             self.register_buffer(name, torch.zeros(0, dim, 0) if name == "A" else torch.zeros(0, 0, 0))
 
@@ -258,19 +268,18 @@ class SINF(Bijection):
         a = a @ (1.5 * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device) - 0.5 * (a.T @ a))
         return _slice_step(x, a, self.xk[i], self.yk[i], self.dk[i], inverse)
 
-    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _run(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         ladj = torch.zeros_like(x[..., 0])
-        for i in range(self.num_layers):
-            x, l = self._layer(x, i, False)
+        for i in reversed(range(self.num_layers)) if inverse else range(self.num_layers):
+            x, l = self._layer(x, i, inverse)
             ladj = ladj + l
         return x, ladj
 
+    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._run(x, False)
+
     def _inverse(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        ladj = torch.zeros_like(z[..., 0])
-        for i in reversed(range(self.num_layers)):
-            z, l = self._layer(z, i, True)
-            ladj = ladj + l
-        return z, ladj
+        return self._run(z, True)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         # The number of layers (and k, bins) is data: adopt the saved shapes before copying.
@@ -330,6 +339,10 @@ class SINF(Bijection):
         if context is not None:
             raise ValueError("SINF is unconditional (context_dim=0) but a context was given")
         o = self._check({**self.options, **options})
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"SINF.fit_data: val_fraction must lie in [0, 1), got {val_fraction!r}")
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"SINF.fit_data: time_limit must be None or positive, got {time_limit!r}")
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())) if seed is None else seed)
         data = self._data("x", x)
         if val is None and val_fraction > 0:
@@ -360,7 +373,9 @@ class SINF(Bijection):
                 if n > o["max_samples"]:
                     sub = sub[torch.randperm(n, generator=gen)[: o["max_samples"]].to(sub.device)]
                 a = max_sliced_directions(sub, k, o["stiefel_steps"], gen)[0]
-                new.append((a, *_fit_knots(cur[0] @ a, bins, *o["alpha"], o["bandwidth"])))
+                kde = None if n <= 10 * o["max_samples"] else (
+                    cur[0][torch.randperm(n, generator=gen)[: 10 * o["max_samples"]].to(sub.device)] @ a)
+                new.append((a, *_fit_knots(cur[0] @ a, bins, *o["alpha"], o["bandwidth"], kde)))
                 cur = _advance(cur, new[-1])
                 hist.train.append(_nll(*cur))
                 if v_cur is not None:
