@@ -25,14 +25,32 @@ def _check_layers(name: str, dim: int, layers: int) -> int:
     return layers
 
 
-class Planar(Compose):
+class _FreeformStack(Compose):
+    """``layers`` copies of one layer class ``layer(dim, context_dim, hidden, activation)``."""
+
+    layer: type[PlanarLayer] | type[RadialLayer]
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        context_dim: int = 0,
+        layers: int = 16,
+        hidden: Sequence[int] | int = (64, 64),
+        activation: str = "relu",
+    ) -> None:
+        n = _check_layers(type(self).__name__, dim, layers)
+        super().__init__(*(self.layer(dim, context_dim, hidden, activation) for _ in range(n)))
+
+
+class Planar(_FreeformStack):
     """Stack of :class:`~torchnf.PlanarLayer` (sampling is cheap; ``log_prob`` solves ``layers`` 1-D roots).
 
     Args:
         dim: number of features.
         context_dim: size of the context (0: unconditional); each layer's ``u, w, b`` are then
             offsets predicted by an MLP of the context.
-        layers: number of planar layers.
+        layers: number of planar layers (default 16).
         hidden: hidden widths of the context MLPs.
         activation: their activation.
 
@@ -44,27 +62,17 @@ class Planar(Compose):
         Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        context_dim: int = 0,
-        layers: int = 16,
-        hidden: Sequence[int] | int = (64, 64),
-        activation: str = "relu",
-    ) -> None:
-        n = _check_layers("Planar", dim, layers)
-        super().__init__(*(PlanarLayer(dim, context_dim, hidden, activation) for _ in range(n)))
+    layer = PlanarLayer
 
 
-class Radial(Compose):
+class Radial(_FreeformStack):
     """Stack of :class:`~torchnf.RadialLayer` (closed form in both directions).
 
     Args:
         dim: number of features.
         context_dim: size of the context (0: unconditional); each layer's ``z0, alpha, beta``
             are then offsets predicted by an MLP of the context.
-        layers: number of radial layers.
+        layers: number of radial layers (default 16).
         hidden: hidden widths of the context MLPs.
         activation: their activation.
 
@@ -77,17 +85,7 @@ class Radial(Compose):
         Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        context_dim: int = 0,
-        layers: int = 16,
-        hidden: Sequence[int] | int = (64, 64),
-        activation: str = "relu",
-    ) -> None:
-        n = _check_layers("Radial", dim, layers)
-        super().__init__(*(RadialLayer(dim, context_dim, hidden, activation) for _ in range(n)))
+    layer = RadialLayer
 
 
 class Sylvester(Compose):
