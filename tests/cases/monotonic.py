@@ -29,7 +29,7 @@ def _fitted_sinf() -> nf.Compose:
 
 
 CASES: list[Case] = [
-    Case("Elementwise-UMNN", lambda: nf.Elementwise(_umnn(), 3), structure="elementwise"),
+    Case("Elementwise-UMNN", lambda: nf.Elementwise(_umnn(), 3), structure="elementwise", compile=True),
     Case("Elementwise-UMNN-context", lambda: nf.Elementwise(_umnn(), 3, context_dim=2, hidden=H),
          structure="elementwise"),
     Case("MaskedAutoregressive-UMNN", lambda: nf.MaskedAutoregressive(_umnn(), 3, hidden=H),
