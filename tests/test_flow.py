@@ -326,3 +326,20 @@ def test_a_bijection_with_its_own_fit_leaves_the_flow_in_eval_mode():
     flow = nf.Flow(nf.SINF(2, layers=2, stiefel_steps=2))
     flow.fit(randn(200, 2, dtype=torch.float32) * torch.tensor([3.0, 0.5]) + 1, progress=False, seed=0)
     assert not flow.training and flow.bijection.num_layers >= 1
+
+
+def test_sample_shape_arguments():
+    """Negative or non-integer sample shapes used to fail deep in torch ("negative dimension",
+    "'float' object is not iterable"); numpy and 0-d tensor integers were rejected."""
+    import numpy as np
+
+    flow = nf.Flow(nf.RealNVP(2, layers=1, hidden=H))
+    assert flow.sample(np.int64(3)).shape == flow.sample(torch.tensor(3)).shape == (3, 2)
+    assert flow.sample(0).shape == (0, 2) and flow.sample([2, np.int32(1)]).shape == (2, 1, 2)
+    with pytest.raises(ValueError, match=r"Flow: the sample shape must not have negative sizes, got \(-1,\)"):
+        flow.sample(-1)
+    for bad in (2.5, "a", [2, 0.5]):
+        with pytest.raises(TypeError, match="Flow: expected the sample shape as an int or a sequence"):
+            flow.sample_and_log_prob(bad)
+    with pytest.raises(ValueError, match=r"StandardNormal.sample: the sample shape must not have negative"):
+        nf.StandardNormal(2).sample((3, -2))

@@ -10,6 +10,7 @@ k-means initialisation, optionally conditional) and :class:`UniformTorus`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -23,8 +24,18 @@ __all__ = ["Distribution", "StandardNormal", "DiagonalNormal", "GaussianMixture"
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _shape(shape: int | Sequence[int] | torch.Size) -> torch.Size:
-    return torch.Size((shape,) if isinstance(shape, int) else tuple(shape))
+def _shape(shape: int | Sequence[int] | torch.Size, owner: str = "Distribution", what: str = "shape"
+           ) -> torch.Size:
+    """``shape`` (an int, including numpy and 0-d tensor integers, or a sequence of them) as a
+    ``torch.Size`` of sizes >= 0; ``TypeError``/``ValueError`` naming ``owner`` otherwise."""
+    try:
+        sizes = [operator.index(s) for s in shape] if isinstance(shape, Sequence) else [operator.index(shape)]
+    except TypeError:
+        raise TypeError(f"{owner}: expected the {what} as an int or a sequence of ints, got {shape!r}"
+                        ) from None
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"{owner}: the {what} must not have negative sizes, got {tuple(sizes)}")
+    return torch.Size(sizes)
 
 
 class Distribution(Recorded, nn.Module):
@@ -37,7 +48,7 @@ class Distribution(Recorded, nn.Module):
 
     def __init__(self, event_shape: Sequence[int] | int, context_dim: int = 0) -> None:
         nn.Module.__init__(self)
-        self.event_shape = _shape(event_shape)
+        self.event_shape = _shape(event_shape, type(self).__name__, "event_shape")
         self.context_dim = int(context_dim)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -50,7 +61,7 @@ class Distribution(Recorded, nn.Module):
 
     def sample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         """Draw samples of shape ``(*shape, *context_batch, *event_shape)`` (reparameterised)."""
-        shape = _shape(shape)
+        shape = _shape(shape, f"{type(self).__name__}.sample", "sample shape")
         context, cbatch = check_context(self, context, self.context_dim, torch.Size())
         if context is not None:
             context = context.expand(*shape, *context.shape)

@@ -155,7 +155,7 @@ class Flow(Recorded, nn.Module):
         self, shape: int | Sequence[int], context: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         """Base samples ``(*shape, *context_batch, *event)`` and the context expanded to match."""
-        shape = _shape(shape)
+        shape = _shape(shape, "Flow", "sample shape")
         context, cbatch = self._context(context, torch.Size())
         if context is not None:
             context = context.expand(*shape, *context.shape)
