@@ -122,8 +122,10 @@ def test_shape_errors_name_the_class_and_shapes():
         b(torch.zeros(5, 3, dtype=torch.long))
     with pytest.raises(TypeError, match=E + " the input to be a torch.Tensor, got list"):
         b([0.0, 0.0, 0.0])
-    with pytest.raises(ValueError, match=r"AffineCoupling: context_dim must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"AffineCoupling: context_dim must be an integer >= 0, got -1"):
         nf.AffineCoupling(3, context_dim=-1)
+    with pytest.raises(ValueError, match=r"AffineCoupling: context_dim must be an integer >= 0, got 1.5"):
+        nf.AffineCoupling(3, context_dim=1.5)  # used to be truncated to 1 silently
 
 
 def test_context_checks_and_broadcasting():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -256,11 +257,12 @@ class Bijection(Recorded, nn.Module):
             out_event_shape = (out_event_shape,)
         self.event_shape = torch.Size(event_shape)
         self.out_event_shape = torch.Size(out_event_shape if out_event_shape is not None else event_shape)
+        name = type(self).__name__
         for what, shape in (("event_shape", self.event_shape), ("out_event_shape", self.out_event_shape)):
             if any(s < 1 for s in shape):
-                raise ValueError(f"{type(self).__name__}: every size of {what} must be >= 1, got {_fmt(shape)}")
-        if int(context_dim) < 0:
-            raise ValueError(f"{type(self).__name__}: context_dim must be >= 0, got {context_dim}")
+                raise ValueError(f"{name}: every size of {what} must be >= 1, got {_fmt(shape)}")
+        if isinstance(context_dim, bool) or not isinstance(context_dim, numbers.Integral) or context_dim < 0:
+            raise ValueError(f"{name}: context_dim must be an integer >= 0, got {context_dim!r}")
         self.context_dim = int(context_dim)
 
     # Public API --------------------------------------------------------------------------------
