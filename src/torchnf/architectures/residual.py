@@ -37,7 +37,8 @@ class IResNet(Compose):
 
     The truncated series is biased, and a fit can exploit the bias in low dimension (see
     :class:`~torchnf.ResidualBlock`); ``estimator="exact"`` costs ``dim`` times more per step but is
-    exact (on the 2-D toys it closes most of the gap: see ``benchmarks/residual_continuous.py``).
+    exact (on the eight-Gaussians toy, 1000 steps: a gap of 0.10 nats instead of 0.74; see
+    ``benchmarks/residual_continuous.py --toys``).
 
     Args:
         dim: number of features.
