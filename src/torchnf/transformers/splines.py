@@ -287,7 +287,7 @@ def rational_quadratic(
         >>> yk = torch.tensor([-2.0, 1.0, 2.0])
         >>> y, ladj = rational_quadratic(torch.tensor([-2.0, 0.0, 3.0]), xk, yk, torch.ones(3))
         >>> y  # knots map to knots; identity tail above 2
-        tensor([-2., 1., 3.])
+        tensor([-2.,  1.,  3.])
 
     References:
         Gregory & Delbourgo, "Piecewise rational quadratic interpolation to monotonic data",
