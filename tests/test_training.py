@@ -448,3 +448,19 @@ def test_docstring_examples_run():
 
     failed, attempted = doctest.testmod(torchnf.training, extraglobs={"torch": torch, "nf": nf})
     assert attempted >= 6 and failed == 0
+
+
+def test_fit_adds_the_rnode_penalty_of_continuous_layers():
+    """FFJORD's kinetic / Jacobian-norm penalties enter the training loss (and only it)."""
+    import torchnf as nf
+
+    x = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for k in (0.0, 1.0):
+        torch.manual_seed(0)
+        flow = nf.Flow(nf.FFJORD(2, hidden=(8, 8), kinetic=k, jacobian_norm=k))
+        for p in flow.parameters():  # leave the identity so the dynamics (and penalty) are non-zero
+            p.data.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        h = flow.fit(x, epochs=1, batch_size=128, val_fraction=0, lr=1e-12, progress=False, seed=0)
+        losses[k] = h.train[0]
+    assert losses[1.0] > losses[0.0] + 1e-3

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from torchnf import __version__, distributed
+from torchnf.bijections.continuous import ContinuousFlow
 from torchnf.flow import _FORMAT, save_atomic
 from torchnf.training import History
 
@@ -104,13 +105,20 @@ class Trainer:
                 first = train.rows(slice(0, options["batch_size"]))
                 flow.log_prob(first.x, first.context)
         self.model = distributed.wrap(flow, device)
+        # Layers that expose a training penalty (FFJORD's RNODE kinetic / Jacobian-norm terms).
+        self.penalized = [m for m in flow.modules() if isinstance(m, ContinuousFlow)]
         self.compiled = self._compile(options["compile"])
         self._snapshot()
 
     # -- set-up --------------------------------------------------------------------------------
     def loss(self, x: Tensor, context: Tensor | None, weights: Tensor | None) -> Tensor:
-        """Batch loss through the (possibly data-parallel) model."""
-        return nll(self.model, x, context, weights)
+        """Batch loss through the (possibly data-parallel) model, plus any layer's penalty."""
+        loss = nll(self.model, x, context, weights)
+        for m in self.penalized:
+            penalty = m.regularization
+            if penalty is not None:
+                loss = loss + penalty.mean()
+        return loss
 
     def _compile(self, mode: bool | str) -> Callable[..., Tensor] | None:
         if mode == "auto":
