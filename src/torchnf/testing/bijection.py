@@ -201,6 +201,8 @@ class _Run:
         from torchnf.flow import Flow
 
         skip = set(self.case.extra.get("no_grad_ok", ()))
+        if not any(p.requires_grad for p in self.b.parameters()):
+            return  # nothing to train (fixed maps, a fitted SINF): no parameter gradient to check
         for how in ("log_prob", "rsample"):
             prop = f"(7) parameter gradients through Flow.{how}"
             b = copy.deepcopy(self.b).train()  # gradients matter in training mode
