@@ -113,6 +113,8 @@ class MaskedMLP(Recorded, nn.Module):
         hidden: widths of the hidden layers (all equal when ``residual_blocks=True``).
         order: a permutation of ``range(D)``; ``order[i]`` is the position of feature ``i`` in the
             autoregressive ordering. Default: the identity order.
+        circular: the inputs are angles: feed ``(cos x, sin x)`` so outputs are continuous on the
+            circle (Rezende et al. 2020).
         residual_blocks: use pre-activation residual blocks between the hidden layers
             (one block per hidden layer after the first).
         activation: activation name.
@@ -137,6 +139,7 @@ class MaskedMLP(Recorded, nn.Module):
         residual_blocks: bool = False,
         activation: str = "relu",
         zero_last: bool = True,
+        circular: bool = False,
     ) -> None:
         super().__init__()
         D, P, C = int(features), int(params_per_feature), int(context_dim)
@@ -151,7 +154,8 @@ class MaskedMLP(Recorded, nn.Module):
         self.features, self.params_per_feature, self.context_dim = D, P, C
         self.register_buffer("order", order, persistent=False)
 
-        deg_in = torch.cat([order + 1, torch.zeros(C, dtype=torch.long)])  # context: degree 0
+        x_deg = torch.cat([order + 1, order + 1]) if circular else order + 1  # (cos x, sin x) share it
+        deg_in = torch.cat([x_deg, torch.zeros(C, dtype=torch.long)])  # context: degree 0
         deg_out = (order + 1).repeat_interleave(P)
 
         def hidden_degrees(h: int) -> Tensor:
@@ -179,6 +183,7 @@ class MaskedMLP(Recorded, nn.Module):
         self.net = nn.Sequential(*layers)
         self.residual_blocks = bool(residual_blocks)
         self.activation = activation
+        self.circular = bool(circular)
 
     def plain_layers(self) -> list[MaskedLinear]:
         """The masked linear layers in order (for the sequential sampler; plain MADE only)."""
@@ -187,6 +192,8 @@ class MaskedMLP(Recorded, nn.Module):
         return [m for m in self.net if isinstance(m, MaskedLinear)]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.circular:
+            x = torch.cat([x.cos(), x.sin()], dim=-1)
         h = x if context is None else torch.cat([x, context], dim=-1)
         out = self.net(h)
         return out.view(*out.shape[:-1], self.features, self.params_per_feature)

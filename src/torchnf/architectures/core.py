@@ -40,10 +40,12 @@ def coupling_stack(
     context_dim: int = 0,
     hidden: Sequence[int] | int = (128, 128),
     activation: str = "relu",
+    circular: bool = False,
 ) -> list[Bijection]:
     """``layers`` coupling layers whose masks alternate between the two halves of the features."""
     return [
-        Coupling(transformer(), default_mask(dim, flip=i % 2 == 1), context_dim, hidden, activation)
+        Coupling(transformer(), default_mask(dim, flip=i % 2 == 1), context_dim, hidden, activation,
+                 circular=circular)
         for i in range(layers)
     ]
 
@@ -57,6 +59,7 @@ def autoregressive_stack(
     residual_blocks: bool = False,
     activation: str = "relu",
     inverse: bool = False,
+    circular: bool = False,
 ) -> list[Bijection]:
     """``layers`` MADE layers whose orders alternate between identity and reversed (no permutation
     layers needed); wrapped in :class:`~torchnf.Inverse` when ``inverse`` (IAF-style)."""
@@ -64,7 +67,7 @@ def autoregressive_stack(
     for i in range(layers):
         order = torch.arange(dim) if i % 2 == 0 else torch.arange(dim).flip(0)
         b: Bijection = MaskedAutoregressive(
-            transformer(), dim, order, context_dim, hidden, residual_blocks, activation
+            transformer(), dim, order, context_dim, hidden, residual_blocks, activation, circular=circular
         )
         out.append(Inverse(b) if inverse else b)
     return out

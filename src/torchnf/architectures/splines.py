@@ -33,14 +33,17 @@ def _spline_stack(
     coupling: bool,
     activation: str,
     residual_blocks: bool,
+    circular: bool = False,
 ) -> list:
     if coupling:
         _check_dim(name, dim, 2)
         if residual_blocks:
             raise ValueError(f"{name}: residual_blocks needs the autoregressive variant (coupling=False)")
-        return coupling_stack(dim, transformer, layers, context_dim, hidden, activation)
+        return coupling_stack(dim, transformer, layers, context_dim, hidden, activation, circular=circular)
     _check_dim(name, dim)
-    return autoregressive_stack(dim, transformer, layers, context_dim, hidden, residual_blocks, activation)
+    return autoregressive_stack(
+        dim, transformer, layers, context_dim, hidden, residual_blocks, activation, circular=circular
+    )
 
 
 class NSF(Compose):
@@ -103,7 +106,7 @@ class NSF(Compose):
             make = partial(RationalQuadraticSpline, bins, bound)
         super().__init__(*_spline_stack(
             type(self).__name__, dim, make, context_dim=context_dim, layers=layers, hidden=hidden,
-            coupling=coupling, activation=activation, residual_blocks=residual_blocks,
+            coupling=coupling, activation=activation, residual_blocks=residual_blocks, circular=circular,
         ))
 
 

@@ -31,6 +31,7 @@ class MaskedAutoregressive(Bijection):
         hidden: hidden widths of the MADE.
         residual_blocks: residual MADE (equal hidden widths).
         activation: activation name.
+        circular: the features are angles; the MADE sees ``(cos x, sin x)`` (Rezende et al. 2020).
 
     Example:
         >>> layer = MaskedAutoregressive(nf.transformers.Affine(), 4, hidden=(32, 32))
@@ -52,11 +53,13 @@ class MaskedAutoregressive(Bijection):
         hidden: Sequence[int] | int = (256, 256),
         residual_blocks: bool = False,
         activation: str = "relu",
+        circular: bool = False,
     ) -> None:
         super().__init__((dim,), context_dim)
         self.transformer = transformer
         self.made = MaskedMLP(
-            dim, transformer.num_params, context_dim, hidden, order, residual_blocks, activation
+            dim, transformer.num_params, context_dim, hidden, order, residual_blocks, activation,
+            circular=circular,
         )
         self._pshape = tuple(transformer.param_shape)
         identity = transformer.identity_params()
@@ -101,8 +104,11 @@ class MaskedAutoregressive(Bijection):
         w_last, b_last = weights[-1]
         act = made.net[1]
         batch = z.shape[:-1]
+        n_x = 2 * D if made.circular else D  # input columns fed by x (cos and sin blocks)
+        if made.circular:  # x starts at 0: cos(0) = 1 feeds every cos column
+            b0 = b0 + w0[:, :D].sum(dim=1)
         pre = b0 if context is None else torch.addmm(b0, context.reshape(-1, made.context_dim),
-                                                      w0[:, D:].t()).view(*batch, -1)
+                                                      w0[:, n_x:].t()).view(*batch, -1)
         pre = pre.expand(*batch, w0.shape[0])
         cols: list[Tensor | None] = [None] * D
         total: Tensor | None = None
@@ -118,7 +124,10 @@ class MaskedAutoregressive(Bijection):
             xi, li = self.transformer.inverse(z[..., i], params)
             cols[i] = xi
             total = li if total is None else total + li
-            pre = pre + xi.unsqueeze(-1) * w0[:, i]
+            if made.circular:
+                pre = pre + (xi.cos() - 1).unsqueeze(-1) * w0[:, i] + xi.sin().unsqueeze(-1) * w0[:, D + i]
+            else:
+                pre = pre + xi.unsqueeze(-1) * w0[:, i]
         return torch.stack(cols, dim=-1), total  # type: ignore[arg-type,return-value]
 
     def extra_repr(self) -> str:

@@ -41,6 +41,8 @@ class Coupling(Bijection):
         context_dim: size of the context.
         hidden: hidden widths of the conditioner MLP.
         activation: its activation.
+        circular: the features are angles: the conditioner sees ``(cos x_A, sin x_A)``, so its
+            output is continuous across the seam at ``±pi`` (Rezende et al. 2020).
 
     Example:
         >>> layer = Coupling(nf.transformers.Affine(), torch.tensor([True, False, True]))
@@ -57,6 +59,7 @@ class Coupling(Bijection):
         context_dim: int = 0,
         hidden: Sequence[int] | int = (256, 256),
         activation: str = "relu",
+        circular: bool = False,
     ) -> None:
         if isinstance(mask, int):
             mask = default_mask(mask)
@@ -78,7 +81,9 @@ class Coupling(Bijection):
         identity = transformer.identity_params()
         self._add_identity = bool(identity.abs().sum() > 0)
         self.register_buffer("identity", identity, persistent=False)
-        self.net = MLP(idx_a.numel() + context_dim, n_t * transformer.num_params, hidden, activation)
+        self.circular = bool(circular)
+        n_in = idx_a.numel() * (2 if circular else 1) + context_dim
+        self.net = MLP(n_in, n_t * transformer.num_params, hidden, activation)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self._ra is not None and self._rb is not None:
@@ -94,6 +99,8 @@ class Coupling(Bijection):
         return x.index_copy(-1, self.idx_b, b)
 
     def _params(self, a: Tensor, context: Tensor | None) -> Tensor:
+        if self.circular:
+            a = torch.cat([a.cos(), a.sin()], dim=-1)
         h = a if context is None else torch.cat([a, context], dim=-1)
         params = self.net(h)
         params = params.view(*params.shape[:-1], self.idx_b.numel(), *self._pshape)
