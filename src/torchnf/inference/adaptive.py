@@ -3,6 +3,7 @@ chains' states during warm-up (Gabrie, Rotskoff, Vanden-Eijnden 2022)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ def adaptive_flow_mcmc(
     refit_steps: int = 10,
     lr: float = 1e-3,
     batch: int = 512,
-    buffer: int = 50,
+    buffer: int = 200,
     warmup: int | None = None,
     step_size: float | None = None,
     leapfrog: int = 5,
@@ -52,9 +53,13 @@ def adaptive_flow_mcmc(
     proposal (all chains at once); the others are local gradient steps, whose step size is adapted
     by dual averaging during warm-up. During warm-up, every ``refit_every`` iterations the flow
     takes ``refit_steps`` Adam steps on ``-mean log q(x)`` over ``batch`` states drawn from the last
-    ``buffer`` iterations of all chains. No gradient of the target is spent on training. Local steps
-    explore each mode; jumps carry chains between modes and reweight them, so chains started in
-    some of the modes (every mode should hold at least one chain) reach the right mode weights.
+    ``buffer`` iterations of the even-numbered chains; the odd-numbered chains are held out and
+    validate each refit, which is undone unless their states' mean negative log-likelihood improved.
+    The states of one chain are strongly correlated, so without this guard a flexible flow overfits
+    a few chains' paths and its jump acceptance collapses (with one chain there is no guard). No
+    gradient of the target is spent on training. Local steps explore each mode; jumps carry chains
+    between modes and reweight them, so chains started in some of the modes reach the right mode
+    weights, provided every mode holds at least one even-numbered (training) chain.
     After warm-up the flow is frozen, so the kept iterations form a valid (non-adaptive) chain.
     The flow is trained in place; use a flow with cheap density and sampling (coupling flows).
 
@@ -80,7 +85,8 @@ def adaptive_flow_mcmc(
 
     Returns:
         :class:`MCMCResult` with ``info["jump_acceptance"]`` (per chain, kept steps),
-        ``info["local_acceptance"]`` and ``info["refit_loss"]`` (mean NLL of each refit).
+        ``info["local_acceptance"]``, ``info["refit_loss"]`` (validation NLL after each refit, or
+        training NLL with a single chain) and ``info["refits_undone"]``.
 
     Example:
         >>> import torchnf as nf
@@ -108,24 +114,46 @@ def adaptive_flow_mcmc(
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
     history: list[Tensor] = []
     losses: list[float] = []
+    undone = 0
     jumps = torch.zeros(chains)
     n_jumps = 0
     local_acc = torch.zeros(chains)
     n_local = 0
 
+    def nll(states: Tensor) -> float:
+        with torch.no_grad():
+            return float(-flow.log_prob(states).mean())
+
     def refit() -> None:
-        pool = torch.cat(history[-buffer:])
+        nonlocal undone
+        pool = torch.stack(history[-buffer:])  # (iterations, chains, dim)
+        dim = pool.shape[-1]
+        half = torch.arange(chains) % 2 == 0
+        train = pool[:, half].reshape(-1, dim) if chains > 1 else pool.reshape(-1, dim)
+        val = pool[:, ~half].reshape(-1, dim) if chains > 1 else None
+        if val is not None:
+            val = val[torch.randint(val.shape[0], (min(4 * batch, val.shape[0]),), device=val.device)]
+            before = nll(val)
+            saved = ({n: v.clone() for n, v in flow.state_dict().items()}, copy.deepcopy(opt.state_dict()))
         with mode(flow, True), torch.enable_grad():
             total = 0.0
             for _ in range(refit_steps):
-                idx = torch.randint(pool.shape[0], (min(batch, pool.shape[0]),), device=pool.device)
-                loss = -flow.log_prob(pool[idx]).mean()
+                idx = torch.randint(train.shape[0], (min(batch, train.shape[0]),), device=train.device)
+                loss = -flow.log_prob(train[idx]).mean()
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
                 opt.step()
                 total += float(loss.detach())
-        losses.append(total / refit_steps)
+        if val is None:
+            losses.append(total / refit_steps)
+            return
+        after = nll(val)
+        if not after < before:  # also when NaN
+            flow.load_state_dict(saved[0])
+            opt.load_state_dict(saved[1])
+            undone += 1
+        losses.append(min(after, before) if after == after else before)
 
     with seeded(seed, x.device), mode(flow, False):
         ld = LogDensity.of_target(target, owner)
@@ -169,4 +197,5 @@ def adaptive_flow_mcmc(
             jump_acceptance=jumps / max(n_jumps, 1),
             local_acceptance=local_acc / max(n_local, 1),
             refit_loss=losses,
+            refits_undone=undone,
         )
