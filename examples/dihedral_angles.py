@@ -9,7 +9,7 @@ The data come from ``nf.targets.TorusTarget()``: a mixture of bivariate von Mise
 densities with an alpha-helix mode near ``(-63, -43)`` degrees and a broader beta-sheet mode near
 ``(-120, 130)`` degrees, normalised and sampled exactly. The script fits the flow, prints the test
 log-likelihood beside the true one, compares the probability of the helix region under the flow
-(``torchnf.inference.probability``, with its standard error) with the truth, and writes the
+(``flow.probability``, with its standard error) with the truth, and writes the
 learned and true densities and samples to ``--out``.
 
     python examples/dihedral_angles.py             # ~30 s on 2 cores
@@ -28,7 +28,6 @@ from torch import Tensor
 
 import torchnf as nf
 from torchnf import plotting
-from torchnf.inference import probability
 
 
 def helix(x: Tensor) -> Tensor:
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     true = target.log_prob(test.double())
     n = len(lp)
     gap = true - lp
-    query = probability(flow, helix, n=args.n_query, seed=args.seed)
+    query = flow.probability(helix, n=args.n_query, seed=args.seed)
     inside = helix(test).double()
     p_true, p_true_se = float(inside.mean()), float(inside.std() / math.sqrt(n))
     result = {"test_ll": float(lp.mean()), "true_ll": float(true.mean()), "gap": float(gap.mean()),
