@@ -53,9 +53,9 @@ def architectures() -> dict[str, type]:
     from torchnf import architectures as arch_pkg
 
     found = {}
-    for name in dir(arch_pkg):
-        obj = getattr(arch_pkg, name)
-        if not name.startswith("_") and isinstance(obj, type) and issubclass(obj, torchnf.Bijection):
+    for name in [*arch_pkg.__all__, "SINF"]:  # SINF: a bijection fitted by its own greedy algorithm
+        obj = getattr(torchnf, name, None)
+        if isinstance(obj, type) and issubclass(obj, torchnf.Bijection):
             found[name.lower()] = obj
     return found
 
@@ -200,14 +200,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     x, c = _split(data, ctx, dtype)
     torch.manual_seed(args.seed)
     arch = _build(args.arch, x.shape[1], len(ctx), args)
-    if args.standardize:
+    if args.standardize and not hasattr(arch, "fit_data"):  # SINF standardises through its own fit
         arch = nf.Compose(nf.ActNorm(x.shape[1]).initialize(x), arch)
     flow = nf.Flow(arch).to(dtype)
     print(f"torchnf fit: {find_architecture(args.arch).__name__} on {len(x)} rows, "
           f"{x.shape[1]} data + {len(ctx)} context columns", file=sys.stderr)
-    history = flow.fit(x, context=c, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       val_fraction=args.val_fraction, time_limit=args.time_limit, seed=args.seed,
-                       progress=not args.no_progress)
+    options = dict(val_fraction=args.val_fraction, time_limit=args.time_limit, seed=args.seed,
+                   progress=not args.no_progress)
+    if not hasattr(arch, "fit_data"):  # gradient training (SINF's greedy fit has no epochs or lr)
+        options.update(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    history = flow.fit(x, context=c, **options)
     with _user_errors(f"cannot write {args.out}: "):
         flow.save(args.out, cli={"context_columns": ctx, "columns": data.shape[1], "arch": args.arch})
     print(f"best validation NLL {history.best_val:.4f} nats after {len(history.train)} epochs "
