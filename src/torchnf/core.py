@@ -281,9 +281,33 @@ class Bijection(Recorded, nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         batch = check_input(self, x, event_shape)
         context, shape = check_context(self, context, self.context_dim, batch)
+        if not torch.compiler.is_compiling():
+            self._check_like_parameters(x, "input")
+            if context is not None:
+                self._check_like_parameters(context, "context")
         if shape != batch:
             x = x.expand(*shape, *event_shape)
         return x, context
+
+    def _check_like_parameters(self, t: Tensor, what: str) -> None:
+        """``TypeError`` unless ``t`` has the dtype and device of the floating parameters (or
+        buffers), instead of a matmul error deep inside or a silent promotion to float64."""
+        ref = self.__dict__.get("_reference", False)
+        if ref is False:  # looked up once; `_apply` (.to, .double, .cuda, ...) clears it
+            ref = next((r for r in self.parameters() if r.is_floating_point()), None)
+            if ref is None:
+                ref = next((r for r in self.buffers() if r.is_floating_point()), None)
+            ref = None if ref is None else (ref.dtype, ref.device)
+            self.__dict__["_reference"] = ref
+        if ref is not None and (t.dtype, t.device) != ref:
+            raise TypeError(
+                f"{type(self).__name__}: the {what} has dtype {t.dtype} on {t.device} but the parameters "
+                f"are {ref[0]} on {ref[1]}; cast the {what} or call .to(...) on the bijection"
+            )
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__.pop("_reference", None)
+        return super()._apply(fn, *args, **kwargs)
 
     # To implement ------------------------------------------------------------------------------
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -373,6 +397,15 @@ class Inverse(Bijection):
 
     ``Inverse(Inverse(b))`` returns a wrapper that acts as ``b``. IAF is the inverse of a masked
     autoregressive layer.
+
+    Example:
+        >>> maf_layer = nf.MaskedAffineAutoregressive(3, hidden=(16, 16))
+        >>> iaf_layer = nf.Inverse(maf_layer)   # sampling is now the one-pass direction
+        >>> iaf_layer.fast_direction
+        'inverse'
+        >>> x = torch.randn(5, 3)
+        >>> torch.allclose(iaf_layer(x)[0], maf_layer.inverse(x)[0])
+        True
     """
 
     def __init__(self, bijection: Bijection) -> None:

@@ -135,7 +135,14 @@ class MaskedAutoregressive(Bijection):
 
 
 class MaskedAffineAutoregressive(MaskedAutoregressive):
-    """Affine MAF layer (:class:`MaskedAutoregressive` with an affine transformer)."""
+    """Affine MAF layer (:class:`MaskedAutoregressive` with an affine transformer).
+
+    Example:
+        >>> layer = MaskedAffineAutoregressive(4, hidden=(32, 32), order=[3, 2, 1, 0])
+        >>> z, ladj = layer(torch.randn(10, 4))
+        >>> ladj.shape
+        torch.Size([10])
+    """
 
     def __init__(
         self,

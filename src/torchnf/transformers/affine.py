@@ -55,6 +55,11 @@ class Affine(Transformer):
 class Shift(Transformer):
     """Additive map ``y = x + t`` (NICE); volume preserving, ``ladj = 0``.
 
+    Example:
+        >>> y, ladj = Shift().forward(torch.zeros(3), torch.ones(3, 1))
+        >>> y, ladj
+        (tensor([1., 1., 1.]), tensor([0., 0., 0.]))
+
     References:
         Dinh et al., "NICE: Non-linear Independent Components Estimation", ICLR 2015 workshop.
     """
