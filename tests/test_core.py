@@ -233,3 +233,21 @@ def test_empty_event_shapes_raise(make):
     """A size-0 event used to build a layer that silently mapped nothing."""
     with pytest.raises(ValueError, match=r"every size of event_shape must be >= 1, got \("):
         make()
+
+
+def test_dtype_mismatch_raises_a_clear_type_error():
+    """A float64 input to a float32 bijection failed inside a matmul ('mat1 and mat2 must have the
+    same dtype') or was silently promoted, depending on the layer."""
+    x64 = torch.zeros(4, 3, dtype=torch.float64)
+    for b in (nf.MAF(3, layers=1, hidden=H), nf.ElementwiseAffine(3),
+              nf.AffineCoupling(3, context_dim=2, hidden=H)):
+        ctx = torch.zeros(4, 2) if b.context_dim else None
+        with pytest.raises(TypeError, match=rf"{type(b).__name__}: the input has dtype torch.float64 on "
+                           "cpu but the parameters are torch.float32"):
+            b(x64, ctx)
+        b.double()  # .to() and friends refresh the reference
+        assert b(x64, None if ctx is None else ctx.double())[0].dtype == torch.float64
+        if ctx is not None:
+            with pytest.raises(TypeError, match="the context has dtype torch.float32"):
+                b.inverse(x64, ctx)
+    assert nf.Sigmoid(3)(torch.zeros(2, 3, dtype=torch.float64))[0].dtype == torch.float64  # no parameters
