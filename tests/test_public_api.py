@@ -563,6 +563,9 @@ def test_bad_input_raises_clear_errors(spec, cdim, dtype, dim):
     flow32 = copy.deepcopy(flow).float()
     c32 = None if ctx is None else ctx.float()
     _raises((TypeError, ValueError), lambda: flow32.log_prob(x.double(), c32), "float64", "float32")
+    if any(t.is_floating_point() for t in [*b.parameters(), *b.buffers()]):  # else it follows the input
+        b32 = flow32.bijection
+        _raises((TypeError, ValueError), lambda: b32(x.double(), c32), name, "float64", "float32")
     # sample shapes
     _raises(ValueError, lambda: flow.sample(-1, context=None if ctx is None else ctx[0]), "Flow")
     _raises(TypeError, lambda: flow.sample(2.5, context=None if ctx is None else ctx[0]), "Flow")
