@@ -923,6 +923,20 @@ def test_cli_fit_sample_log_prob(table, tmp_path, capsys):
     np.testing.assert_allclose(lp, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ARCHITECTURES + ["SINF"])
+def test_cli_fits_every_architecture(name, table, tmp_path):
+    """``torchnf fit DATA --arch <name>`` for every architecture, then ``log-prob`` on the model."""
+    small = tmp_path / "small.npy"
+    np.save(small, table["x"][:200])
+    sizes = ["--layers", "2"] + ([] if name == "SINF" else ["--hidden", "8,8"])
+    assert cli(["fit", str(small), "--arch", name.lower(), "--out", str(tmp_path / "m.pt"), "--epochs", "1",
+                "--no-progress", *sizes]) == 0
+    assert type(nf.load(tmp_path / "m.pt").bijection).__name__ in (name, "Compose")
+    assert cli(["log-prob", str(tmp_path / "m.pt"), str(small), "--out", str(tmp_path / "lp.npy"),
+                "--no-progress"]) == 0
+    assert np.isfinite(np.load(tmp_path / "lp.npy")).all()
+
+
 def test_cli_bad_input_messages(table, tmp_path, capsys):
     x, model = table["x"], table["model"]
     missing = str(tmp_path / "nope.npy")
