@@ -113,6 +113,9 @@ class Spec:
             standard normal base does not fit it; ``Inverse`` specs cover those maps).
         fit_first: build by ``nf.Flow(b).fit(x)`` (greedy, gradient-free fits such as SINF).
         slow: the normalisation grid is costly (ODE solves); run it on a coarser grid.
+        identity: a fresh build is the identity map (false for fixed maps without parameters, and
+            for deep sigmoidal transformers, documented to start near the identity so their units
+            differ).
     """
 
     name: str
@@ -124,6 +127,7 @@ class Spec:
     normalises: bool = True
     fit_first: bool = False
     slow: bool = False
+    identity: bool = True
     options: dict = field(default_factory=dict)
 
 
@@ -131,10 +135,15 @@ class Spec:
 # design: an ODE solve at the default solver tolerances (atol = rtol = 1e-5) is accurate to about
 # 1e-4 each way, so round trips and log-dets are checked to 1e-3.
 ODE = {"rtol": 1e-3, "atol": 1e-3, "cancel": 1e-3, "jac": 1e-3}
+FIXED = {"identity": False}  # maps without parameters
 OPTIONS: dict[str, dict] = {
-    "Logit": {"domain": "unit"},
-    "Sigmoid": {"normalises": False},
-    "Tanh": {"normalises": False},
+    "Logit": {"domain": "unit", **FIXED},
+    "Sigmoid": {"normalises": False, **FIXED},
+    "Tanh": {"normalises": False, **FIXED},
+    "LeakyReLU": FIXED,
+    "Permutation": FIXED,
+    "Reverse": FIXED,
+    "NAF": {"identity": False},
     "SINF": {"fit_first": True},
     "ContinuousFlow": {"tols": ODE, "slow": True},
     "FFJORD": {"tols": ODE, "slow": True},
@@ -154,7 +163,7 @@ def _structure_spec(structure: str, tname: str) -> Spec:
         return cls(_transformer(tname), dim, context_dim=context_dim, hidden=H)
 
     domain = "angle" if tname == "CircularSpline" else "real"
-    return Spec(f"{structure}-{tname}", build, True, domain=domain)
+    return Spec(f"{structure}-{tname}", build, True, domain=domain, identity=tname != "DeepSigmoid")
 
 
 def _special_specs() -> dict[str, list[Spec]]:
@@ -166,8 +175,8 @@ def _special_specs() -> dict[str, list[Spec]]:
         "Compose": [Spec("Compose", custom, True)],
         "Inverse": [
             Spec("Inverse-MAF", lambda d, c: nf.Inverse(nf.MAF(d, context_dim=c, layers=2, hidden=H)), True),
-            Spec("Inverse-Sigmoid", lambda d, c: nf.Inverse(nf.Sigmoid(d)), False, domain="unit"),
-            Spec("Inverse-Tanh", lambda d, c: nf.Inverse(nf.Tanh(d)), False, domain="sym"),
+            Spec("Inverse-Sigmoid", lambda d, c: nf.Inverse(nf.Sigmoid(d)), False, domain="unit", **FIXED),
+            Spec("Inverse-Tanh", lambda d, c: nf.Inverse(nf.Tanh(d)), False, domain="sym", **FIXED),
         ],
         **{s: [_structure_spec(s, t) for t in TRANSFORMERS] for s in STRUCTURES},
     }
@@ -373,6 +382,20 @@ def test_zero_width_hidden_layers_raise(name):
 # ------------------------------------------------------------------------------------------------
 # Bijection checks over every spec
 # ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, cdim, dtype, dim", _cases("identity", where=lambda s: s.identity))
+def test_identity_at_initialisation(spec, cdim, dtype, dim):
+    """``nf.X(...)`` as built maps ``x`` to itself with zero log-det, both ways, with any context."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        b = spec.build(D, cdim).to(dtype).eval()
+    x, ctx = inputs(spec.domain, (5, D), dtype), contexts(cdim, (5,), dtype)
+    with torch.no_grad():
+        for direction in (b.forward, b.inverse):
+            y, ladj = direction(x, ctx)
+            assert_close(y, x, 1e-12, 1e-12, f"{direction.__name__}: output")
+            assert_close(ladj, torch.zeros_like(ladj), 0, 1e-12, f"{direction.__name__}: ladj")
 
 
 BOTH = (torch.float64, torch.float32)
