@@ -251,3 +251,18 @@ def test_dtype_mismatch_raises_a_clear_type_error():
             with pytest.raises(TypeError, match="the context has dtype torch.float32"):
                 b.inverse(x64, ctx)
     assert nf.Sigmoid(3)(torch.zeros(2, 3, dtype=torch.float64))[0].dtype == torch.float64  # no parameters
+
+
+def test_made_first_feature_in_the_order_depends_on_the_context():
+    """Hidden units of degree 0 carry the context to the first feature (otherwise it ignores it)."""
+    import torchnf as nf
+
+    torch.manual_seed(0)
+    layer = nf.MaskedAffineAutoregressive(3, context_dim=2, hidden=(16, 16), order=[2, 0, 1])
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(3)
+    z1, _ = layer(x, torch.zeros(2))
+    z2, _ = layer(x, torch.ones(2))
+    assert (z1[1] - z2[1]).abs() > 1e-4  # feature 1 is first in this order

@@ -158,8 +158,12 @@ class MaskedMLP(Recorded, nn.Module):
         deg_in = torch.cat([x_deg, torch.zeros(C, dtype=torch.long)])  # context: degree 0
         deg_out = (order + 1).repeat_interleave(P)
 
+        # Hidden degrees cycle over lo..D-1. With a context, degree-0 units (fed by the context
+        # alone) let the first feature in the order depend on it; without one they would be constant.
+        lo = 0 if C > 0 else min(1, D - 1)
+
         def hidden_degrees(h: int) -> Tensor:
-            return torch.arange(h) % max(D - 1, 1) + min(1, D - 1)
+            return torch.arange(h) % max(D - lo, 1) + lo
 
         layers: list[nn.Module] = []
         prev = deg_in

@@ -112,11 +112,15 @@ class MaskedAutoregressive(Bijection):
         pre = pre.expand(*batch, w0.shape[0])
         cols: list[Tensor | None] = [None] * D
         total: Tensor | None = None
-        for i in self._steps:
-            h = act(pre)
-            for w, b in weights[1:-1]:
-                h = act(torch.nn.functional.linear(h, w, b))
-            params = torch.nn.functional.linear(h, w_last[i * P : (i + 1) * P], b_last[i * P : (i + 1) * P])
+        for k, i in enumerate(self._steps):
+            if k == 0 and context is None:  # the first feature sees no input: its params are the bias
+                params = b_last[i * P : (i + 1) * P].expand(*batch, P)
+            else:
+                h = act(pre)
+                for w, b in weights[1:-1]:
+                    h = act(torch.nn.functional.linear(h, w, b))
+                rows = slice(i * P, (i + 1) * P)
+                params = torch.nn.functional.linear(h, w_last[rows], b_last[rows])
             if self._pshape != (P,):
                 params = params.view(*batch, *self._pshape)
             if self._add_identity:
