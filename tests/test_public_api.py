@@ -767,6 +767,23 @@ def test_fit_returns_per_epoch_losses_and_lowers_the_validation_nll():
     assert after < before - 0.3 and after < _gaussian_nll(x_val)
 
 
+def test_fit_rejects_bad_input_clearly():
+    flow = nf.Flow(nf.RealNVP(2, layers=2, hidden=H))
+    cond = nf.Flow(nf.MAF(2, context_dim=1, layers=2, hidden=H))
+    x = _toy(40)
+    bad = x.clone()
+    bad[17, 0] = math.inf
+    _raises(ValueError, lambda: flow.fit(torch.zeros(40, 3), progress=False), "fit", "(N, 2)", "(40, 3)")
+    _raises(ValueError, lambda: flow.fit(bad, progress=False), "fit", "NaN or inf", "17")
+    _raises(ValueError, lambda: flow.fit(x, val=bad, progress=False), "val", "17")
+    _raises(ValueError, lambda: flow.fit(x, context=torch.zeros(40, 1), progress=False), "unconditional")
+    _raises(ValueError, lambda: cond.fit(x, progress=False), "context_dim=1")
+    _raises(ValueError, lambda: cond.fit(x, context=torch.zeros(39, 1), progress=False), "(40, 1)", "(39, 1)")
+    _raises(ValueError, lambda: flow.fit(x, epochs=0, progress=False), "epochs")
+    _raises(TypeError, lambda: flow.fit(x, epoch=3, progress=False), "epoch")
+    _raises(TypeError, lambda: flow.fit("x.npy", progress=False), "x")
+
+
 CONDITIONAL_ARCHITECTURES = [n for n in ARCHITECTURES if "context_dim" in _params(PUBLIC[n])]
 
 
