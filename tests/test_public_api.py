@@ -217,13 +217,14 @@ KNOWN: dict[tuple[str, str], str] = {
 
 
 def _cases(check: str, *, dims: tuple[int, ...] = (D,), conditional: bool = True,
-           dtypes: tuple[torch.dtype, ...] = (torch.float64,), where: Callable[[Spec], bool] | None = None):
-    """``pytest.param(spec, context_dim, dtype)`` for every spec (and its conditional variant)."""
+           only_conditional: bool = False, dtypes: tuple[torch.dtype, ...] = (torch.float64,),
+           where: Callable[[Spec], bool] | None = None):
+    """``pytest.param(spec, context_dim, dtype, dim)`` for every spec (and its conditional variant)."""
     out = []
     for s in SPECS:
-        if where is not None and not where(s):
+        if (where is not None and not where(s)) or (only_conditional and not s.conditional):
             continue
-        for cdim in ((0, C) if conditional and s.conditional else (0,)):
+        for cdim in ((C,) if only_conditional else (0, C) if conditional and s.conditional else (0,)):
             for dtype in dtypes:
                 sid = s.name + ("-context" if cdim else "")
                 pid = sid + ("" if len(dtypes) == 1 else "-" + str(dtype).removeprefix("torch."))
@@ -471,6 +472,23 @@ def test_iterative_inverse_never_fails_silently(spec):
             assert re.match(_COMPONENT, str(e)) and re.search("converge|max_iter", str(e)), f"unclear: {e}"
             continue
         assert_close(back, x, t["rtol"], t["atol"], "round trip with max_iter=2 (no error raised)")
+
+
+@pytest.mark.parametrize("spec, cdim, dtype, dim", _cases("context", only_conditional=True))
+def test_context_reaches_every_transformed_feature(spec, cdim, dtype, dim):
+    """``d z_i / d context`` is non-zero for every output feature of ``forward`` that a conditional
+    bijection transforms (all of them, except the untouched half of a single coupling layer); the
+    inverse depends on the context too."""
+    b = prepared(spec, cdim, dtype)
+    x, c = inputs(spec.domain, (D,), dtype, seed=7), contexts(cdim, (), dtype, seed=8)
+    mask = getattr(b, "mask", None)
+    rows = torch.ones(D, dtype=torch.bool) if mask is None else mask.flatten().bool()
+    jac = torch.autograd.functional.jacobian(lambda v: b(x, v)[0], c)
+    missed = (rows & ~(jac.abs().amax(-1) > 1e-9)).nonzero().flatten().tolist()
+    assert not missed, f"forward: output features {missed} do not depend on the context"
+    z = b(x, c)[0].detach()
+    jac = torch.autograd.functional.jacobian(lambda v: b.inverse(z, v)[0], c)
+    assert float(jac.abs().max()) > 1e-9, "inverse: the output does not depend on the context"
 
 
 # Midpoint-rule grids per domain: segments (lo, hi, cells in 1-D, cells in 2-D). LeakyReLU's
