@@ -371,6 +371,7 @@ def test_zero_layers_raise_naming_layers(name):
         PUBLIC[name](2, layers=0)
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize("name", _architecture_cases("hidden=(0,)"))
 def test_zero_width_hidden_layers_raise(name):
     if "hidden" not in _params(PUBLIC[name]):
