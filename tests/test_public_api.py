@@ -202,18 +202,7 @@ BY_NAME = {s.name: s for s in SPECS}
 
 # Known failures of code whose owners are still at work: (spec name, check) -> reason.
 # Each runs as a strict xfail, so a fix turns it into a failure that asks for removal here.
-KNOWN: dict[tuple[str, str], str] = {
-    **{(n, "layers=0"): (
-        f"nf.{n}(2, layers=0) reaches Compose(): 'Compose needs at least one bijection' names neither "
-        f"{n} nor layers" + (" (NICE builds a lone elementwise affine)" if n == "NICE" else "")
-       ) for n in ("IAF", "LRSNSF", "MAF", "NICE", "NSF", "RealNVP")},
-    **{(n, "hidden=(0,)"): (
-        f"nf.{n}(2, context_dim=1, hidden=(0,)) builds zero-width layers (torch warns 'Initializing "
-        "zero-element tensors'): the conditioner nets (nn.MLP / MaskedMLP / LipschitzMLP / ODE field) do "
-        "not check hidden widths"
-       ) for n in ("FFJORD", "IAF", "IResNet", "LRSNSF", "MAF", "NAF", "NICE", "NSF", "Planar", "Radial",
-                   "RealNVP", "ResidualFlow", "Sylvester", "UMNNMAF")},
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _cases(check: str, *, dims: tuple[int, ...] = (D,), conditional: bool = True,

@@ -35,8 +35,13 @@ def get_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(_ACTIVATIONS)}") from None
 
 
-def _hidden(hidden: Sequence[int] | int) -> tuple[int, ...]:
-    return (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+def hidden_widths(hidden: Sequence[int] | int, owner: str = "network") -> tuple[int, ...]:
+    """Hidden widths as a tuple of positive ints; a clear ``ValueError`` otherwise."""
+    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in widths):
+        raise ValueError(f"{owner}: hidden widths must be integers >= 1, got {hidden!r}")
+    return widths
+
 
 
 class MLP(Recorded, nn.Sequential):
@@ -63,7 +68,7 @@ class MLP(Recorded, nn.Sequential):
         activation: str = "relu",
         zero_last: bool = True,
     ) -> None:
-        sizes = [int(in_features), *_hidden(hidden), int(out_features)]
+        sizes = [int(in_features), *hidden_widths(hidden, "MLP"), int(out_features)]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))
@@ -143,7 +148,7 @@ class MaskedMLP(Recorded, nn.Module):
     ) -> None:
         super().__init__()
         D, P, C = int(features), int(params_per_feature), int(context_dim)
-        hidden = _hidden(hidden)
+        hidden = hidden_widths(hidden, "MaskedMLP")
         if order is None:
             order = torch.arange(D)
         order = torch.as_tensor(order, dtype=torch.long)

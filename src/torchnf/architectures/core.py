@@ -33,6 +33,12 @@ def _check_dim(name: str, dim: int, minimum: int = 1) -> int:
     return dim
 
 
+def _check_layers(name: str, layers: int) -> int:
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"{name}: layers must be an integer >= 1, got {layers!r}")
+    return layers
+
+
 def coupling_stack(
     dim: int,
     transformer: Callable[[], Transformer],
@@ -92,6 +98,7 @@ class NICE(Compose):
         hidden: Sequence[int] | int = (128, 128),
         activation: str = "relu",
     ) -> None:
+        _check_layers("NICE", layers)
         _check_dim("NICE", dim, 2)
         parts = coupling_stack(dim, Shift, layers, context_dim, hidden, activation)
         super().__init__(*parts, Elementwise(Affine(), dim))
@@ -127,6 +134,7 @@ class RealNVP(Compose):
         activation: str = "relu",
         scale_bound: float = 3.0,
     ) -> None:
+        _check_layers("RealNVP", layers)
         _check_dim("RealNVP", dim, 2)
         parts = coupling_stack(dim, lambda: Affine(scale_bound), layers, context_dim, hidden, activation)
         super().__init__(*parts)
@@ -157,6 +165,7 @@ class MAF(Compose):
         activation: str = "relu",
         scale_bound: float = 3.0,
     ) -> None:
+        _check_layers("MAF", layers)
         _check_dim("MAF", dim)
         parts = autoregressive_stack(
             dim, lambda: Affine(scale_bound), layers, context_dim, hidden, residual_blocks, activation
@@ -189,6 +198,7 @@ class IAF(Compose):
         activation: str = "relu",
         scale_bound: float = 3.0,
     ) -> None:
+        _check_layers("IAF", layers)
         _check_dim("IAF", dim)
         parts = autoregressive_stack(
             dim, lambda: Affine(scale_bound), layers, context_dim, hidden, residual_blocks, activation,

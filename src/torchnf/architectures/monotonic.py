@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from torchnf.architectures.core import _check_dim, autoregressive_stack, coupling_stack
+from torchnf.architectures.core import _check_dim, _check_layers, autoregressive_stack, coupling_stack
 from torchnf.core import Bijection, Compose
 from torchnf.transformers.base import Transformer
 from torchnf.transformers.monotonic import UMNN, DeepSigmoid
@@ -29,8 +29,7 @@ def _stack(
     residual_blocks: bool,
     activation: str,
 ) -> list[Bijection]:
-    if not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"{name}: layers must be an integer >= 1, got {layers!r}")
+    _check_layers(name, layers)
     if coupling:
         _check_dim(name, dim, 2)
         if residual_blocks:

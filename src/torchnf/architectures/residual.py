@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torchnf.architectures.core import _check_dim
+from torchnf.architectures.core import _check_dim, _check_layers
 from torchnf.bijections.residual import ResidualBlock
 from torchnf.core import Bijection, Compose
 
@@ -21,8 +21,7 @@ __all__ = ["IResNet", "ResidualFlow"]
 
 def _blocks(name: str, dim: int, layers: int, actnorm: bool, **block: Any) -> list[Bijection]:
     _check_dim(name, dim)
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"{name}: layers must be an integer >= 1, got {layers!r}")
+    _check_layers(name, layers)
     parts: list[Bijection] = []
     for i in range(layers):
         if actnorm and ActNorm is not None and i > 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from torchnf.architectures.core import _check_dim, autoregressive_stack, coupling_stack
+from torchnf.architectures.core import _check_dim, _check_layers, autoregressive_stack, coupling_stack
 from torchnf.bijections.elementwise import Elementwise
 from torchnf.core import Compose
 from torchnf.transformers.base import Transformer
@@ -35,6 +35,7 @@ def _spline_stack(
     residual_blocks: bool,
     circular: bool = False,
 ) -> list:
+    _check_layers(name, layers)
     if coupling:
         _check_dim(name, dim, 2)
         if residual_blocks:

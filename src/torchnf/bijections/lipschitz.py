@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchnf.nn import hidden_widths
+
 __all__ = ["SpectralLinear", "LipSwish", "LipschitzMLP"]
 
 
@@ -202,7 +204,7 @@ class LipschitzMLP(nn.Module):
         n_power_iterations: int = 1,
     ) -> None:
         super().__init__()
-        hidden = (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+        hidden = hidden_widths(hidden, "LipschitzMLP")
         if not 0 < lipschitz:
             raise ValueError(f"LipschitzMLP: lipschitz must be > 0, got {lipschitz}")
         key = activation.lower() if isinstance(activation, str) else activation
