@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torchnf.architectures.core import _check_dim
+from torchnf.bijections.elementwise import ElementwiseAffine
 from torchnf.bijections.planar import PlanarLayer, RadialLayer
 from torchnf.bijections.sylvester import SylvesterLayer
 from torchnf.core import Compose
@@ -38,9 +39,11 @@ class _FreeformStack(Compose):
         layers: int = 16,
         hidden: Sequence[int] | int = (64, 64),
         activation: str = "relu",
+        affine: bool = True,
     ) -> None:
         n = _check_layers(type(self).__name__, dim, layers)
-        super().__init__(*(self.layer(dim, context_dim, hidden, activation) for _ in range(n)))
+        parts = [self.layer(dim, context_dim, hidden, activation) for _ in range(n)]
+        super().__init__(*([ElementwiseAffine(dim)] if affine else []), *parts)
 
 
 class Planar(_FreeformStack):
@@ -53,6 +56,10 @@ class Planar(_FreeformStack):
         layers: number of planar layers (default 16).
         hidden: hidden widths of the context MLPs.
         activation: their activation.
+        affine: start (data side) with a learned per-feature scale and shift
+            (:class:`~torchnf.ElementwiseAffine`, identity at init). These layers cannot scale
+            axes independently, which the papers leave to a learned diagonal-Gaussian base; with
+            ``Flow``'s standard-normal base the affine layer plays that part.
 
     Example:
         >>> flow = nf.Flow(nf.Planar(2, layers=8))
@@ -75,6 +82,10 @@ class Radial(_FreeformStack):
         layers: number of radial layers (default 16).
         hidden: hidden widths of the context MLPs.
         activation: their activation.
+        affine: start (data side) with a learned per-feature scale and shift
+            (:class:`~torchnf.ElementwiseAffine`, identity at init). These layers cannot scale
+            axes independently, which the papers leave to a learned diagonal-Gaussian base; with
+            ``Flow``'s standard-normal base the affine layer plays that part.
 
     Example:
         >>> flow = nf.Flow(nf.Radial(2, layers=8))
@@ -101,6 +112,10 @@ class Sylvester(Compose):
         layers: number of Sylvester layers.
         hidden: hidden widths of the context MLPs.
         activation: their activation.
+        affine: start (data side) with a learned per-feature scale and shift
+            (:class:`~torchnf.ElementwiseAffine`, identity at init). These layers cannot scale
+            axes independently, which the papers leave to a learned diagonal-Gaussian base; with
+            ``Flow``'s standard-normal base the affine layer plays that part.
         kind: ``"orthogonal"``, ``"householder"`` or ``"triangular"``.
         m: number of orthonormal columns per layer (default ``dim``).
         reflections: Householder reflections per layer for ``kind="householder"``.
@@ -124,9 +139,10 @@ class Sylvester(Compose):
         kind: str = "orthogonal",
         m: int | None = None,
         reflections: int | None = None,
+        affine: bool = True,
     ) -> None:
         n = _check_layers("Sylvester", dim, layers)
-        super().__init__(*(
+        super().__init__(*([ElementwiseAffine(dim)] if affine else []), *(
             SylvesterLayer(
                 dim, m, kind, context_dim, hidden, activation, reflections,
                 flip=kind == "triangular" and i % 2 == 1,
