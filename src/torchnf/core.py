@@ -215,6 +215,37 @@ def _broadcast(a: Sequence[int], b: Sequence[int]) -> torch.Size | None:
     return torch.Size(out)
 
 
+def floating_reference(module: nn.Module) -> Tensor | None:
+    """The first floating-point parameter or buffer of ``module`` (it carries the module's dtype and
+    device; integer buffers such as permutation indices do not)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t
+    for t in module.buffers():
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def check_like_parameters(module: nn.Module, t: Tensor, subject: str, whose: str, fix: str) -> None:
+    """``TypeError`` unless ``t`` has the dtype and device of ``module``'s floating parameters (or
+    buffers), instead of a matmul error deep inside or a silent promotion to float64.
+
+    The reference is looked up once and cached in ``module.__dict__["_reference"]``; the module's
+    ``_apply`` (``.to``, ``.double``, ``.cuda``, ...) must drop that entry.
+    """
+    ref = module.__dict__.get("_reference", False)
+    if ref is False:
+        r = floating_reference(module)
+        ref = None if r is None else (r.dtype, r.device)
+        module.__dict__["_reference"] = ref
+    if ref is not None and (t.dtype, t.device) != ref:
+        raise TypeError(
+            f"{type(module).__name__}: {subject} has dtype {t.dtype} on {t.device} but {whose} are "
+            f"{ref[0]} on {ref[1]}; {fix}"
+        )
+
+
 def sum_event(t: Tensor, n_event_dims: int) -> Tensor:
     """Sum the trailing ``n_event_dims`` dimensions of an elementwise log-derivative."""
     return t.sum(dim=tuple(range(-n_event_dims, 0))) if n_event_dims else t
@@ -290,20 +321,8 @@ class Bijection(Recorded, nn.Module):
         return x, context
 
     def _check_like_parameters(self, t: Tensor, what: str) -> None:
-        """``TypeError`` unless ``t`` has the dtype and device of the floating parameters (or
-        buffers), instead of a matmul error deep inside or a silent promotion to float64."""
-        ref = self.__dict__.get("_reference", False)
-        if ref is False:  # looked up once; `_apply` (.to, .double, .cuda, ...) clears it
-            ref = next((r for r in self.parameters() if r.is_floating_point()), None)
-            if ref is None:
-                ref = next((r for r in self.buffers() if r.is_floating_point()), None)
-            ref = None if ref is None else (ref.dtype, ref.device)
-            self.__dict__["_reference"] = ref
-        if ref is not None and (t.dtype, t.device) != ref:
-            raise TypeError(
-                f"{type(self).__name__}: the {what} has dtype {t.dtype} on {t.device} but the parameters "
-                f"are {ref[0]} on {ref[1]}; cast the {what} or call .to(...) on the bijection"
-            )
+        check_like_parameters(self, t, f"the {what}", "the parameters",
+                              f"cast the {what} or call .to(...) on the bijection")
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.__dict__.pop("_reference", None)

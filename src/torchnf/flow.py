@@ -16,6 +16,8 @@ from torchnf.core import (
     Recorded,
     check_context,
     check_input,
+    check_like_parameters,
+    floating_reference,
     from_config,
     to_config,
     validation_enabled,
@@ -64,7 +66,7 @@ class Flow(Recorded, nn.Module):
             base = StandardNormal(bijection.out_event_shape)
         if not isinstance(base, Distribution):
             raise TypeError(f"Flow: base must be a torchnf Distribution, got {type(base).__name__}")
-        ref = _floating(bijection)
+        ref = floating_reference(bijection)
         if ref is not None:  # the base follows the bijection (e.g. a bijection already in float64)
             base = base.to(ref.device, ref.dtype)
         if base.event_shape != bijection.out_event_shape:
@@ -93,15 +95,14 @@ class Flow(Recorded, nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _ref(self) -> Tensor | None:
-        return _floating(self)
+        return floating_reference(self)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__.pop("_reference", None)  # the cached dtype/device of check_like_parameters
+        return super()._apply(fn, *args, **kwargs)
 
     def _check_tensor(self, t: Tensor, what: str) -> None:
-        ref = self._ref()
-        if ref is not None and (t.dtype != ref.dtype or t.device != ref.device):
-            raise TypeError(
-                f"Flow: {what} has dtype {t.dtype} on {t.device} but the flow's parameters are "
-                f"{ref.dtype} on {ref.device}; cast the input or call flow.to(...)"
-            )
+        check_like_parameters(self, t, what, "the flow's parameters", "cast the input or call flow.to(...)")
         if validation_enabled() and not bool(torch.isfinite(t).all()):
             bad = (~torch.isfinite(t)).reshape(-1, t.shape[-1]).any(-1).nonzero().flatten()[:5].tolist()
             raise ValueError(f"Flow: {what} contains NaN or inf (first bad rows: {bad})")
@@ -257,18 +258,6 @@ class Flow(Recorded, nn.Module):
                      "state_dict": self.state_dict(), "train_mode": self.training,
                      "dtype": None if ref is None else str(ref.dtype).removeprefix("torch."),
                      "extra": extra}, path)
-
-
-def _floating(module: nn.Module) -> Tensor | None:
-    """The first floating-point parameter or buffer (it carries the module's dtype and device;
-    integer buffers such as permutation indices do not)."""
-    for t in module.parameters():
-        if t.is_floating_point():
-            return t
-    for t in module.buffers():
-        if t.is_floating_point():
-            return t
-    return None
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
