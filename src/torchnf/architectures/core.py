@@ -140,7 +140,33 @@ class RealNVP(Compose):
         super().__init__(*parts)
 
 
-class MAF(Compose):
+class _AffineAutoregressive(Compose):
+    """Affine MADE layers with alternating orders; ``_invert_layers`` wraps each in :class:`Inverse` (IAF)."""
+
+    _invert_layers = False
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        context_dim: int = 0,
+        layers: int = 5,
+        hidden: Sequence[int] | int = (128, 128),
+        residual_blocks: bool = False,
+        activation: str = "relu",
+        scale_bound: float = 3.0,
+    ) -> None:
+        name = type(self).__name__
+        _check_layers(name, layers)
+        _check_dim(name, dim)
+        parts = autoregressive_stack(
+            dim, lambda: Affine(scale_bound), layers, context_dim, hidden, residual_blocks, activation,
+            inverse=self._invert_layers,
+        )
+        super().__init__(*parts)
+
+
+class MAF(_AffineAutoregressive):
     """Masked autoregressive flow: affine MADE layers, orders alternately reversed.
 
     Density evaluation (``forward``) is one pass per layer; sampling needs ``dim`` passes.
@@ -154,26 +180,8 @@ class MAF(Compose):
         Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation", 2017.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        context_dim: int = 0,
-        layers: int = 5,
-        hidden: Sequence[int] | int = (128, 128),
-        residual_blocks: bool = False,
-        activation: str = "relu",
-        scale_bound: float = 3.0,
-    ) -> None:
-        _check_layers("MAF", layers)
-        _check_dim("MAF", dim)
-        parts = autoregressive_stack(
-            dim, lambda: Affine(scale_bound), layers, context_dim, hidden, residual_blocks, activation
-        )
-        super().__init__(*parts)
 
-
-class IAF(Compose):
+class IAF(_AffineAutoregressive):
     """Inverse autoregressive flow: the :class:`~torchnf.Inverse` of affine MADE layers.
 
     Sampling (``inverse``) is one pass per layer, which suits variational inference; density
@@ -187,21 +195,4 @@ class IAF(Compose):
         Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow", 2016.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        context_dim: int = 0,
-        layers: int = 5,
-        hidden: Sequence[int] | int = (128, 128),
-        residual_blocks: bool = False,
-        activation: str = "relu",
-        scale_bound: float = 3.0,
-    ) -> None:
-        _check_layers("IAF", layers)
-        _check_dim("IAF", dim)
-        parts = autoregressive_stack(
-            dim, lambda: Affine(scale_bound), layers, context_dim, hidden, residual_blocks, activation,
-            inverse=True,
-        )
-        super().__init__(*parts)
+    _invert_layers = True
