@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchnf.transformers.base import Transformer
+from torchnf.transformers.rq_fused import spline_forward, spline_inverse, spline_knots
 
 __all__ = ["rational_quadratic", "RationalQuadraticSpline"]
 
@@ -347,10 +348,15 @@ class RationalQuadraticSpline(Transformer):
         self._sizes = (min_width, min_height)
         self.param_shape = (3 * bins - 1,)
         self._shift = _softplus_shift(min_derivative)
+        self._spec = (bins, self.bound, min_width, min_height, min_derivative, self._shift)
 
     def knots(self, params: Tensor) -> Tensor:
         """All knots ``(3, *b, K+1)`` (positions, values, derivatives), e.g. for plotting; the
         transformer itself only computes the knots of the bin of each input."""
+        if self.bins >= 2:
+            _split(self, params, self.bins - 1)  # shape check
+            flat = params.reshape(-1, params.shape[-1])
+            return spline_knots(flat, self._spec).view(3, *params.shape[:-1], self.bins + 1)
         logits, raw = _split(self, params, self.bins - 1)
         grid = _Grid(logits, -self.bound, self.bound, self._sizes)
         x, y = (F.pad(grid.knots(r), (1, 0), value=-self.bound) for r in (0, 1))
@@ -358,13 +364,27 @@ class RationalQuadraticSpline(Transformer):
         return torch.stack([x, y, d], 0)
 
     def _spline(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The composed implementation (any ``K``, broadcasting, any order of derivatives)."""
         logits, raw = _split(self, params, self.bins - 1)
         idx, x0, x1, y0, y1 = _Grid(logits, -self.bound, self.bound, self._sizes).locate(v, int(inverse))
         d0, d1 = _knot_derivatives(raw, idx, self._shift, self.min_derivative)
         return _rq(v, x0, x1, y0, y1, d0, d1, inverse)
 
+    def _fused(self, v: Tensor, params: Tensor) -> bool:
+        if params.shape[-1] != self.param_shape[0]:
+            _split(self, params, self.bins - 1)  # raises the shape error
+        return self.bins >= 2 and v.shape == params.shape[:-1]
+
+    def _forward_composed(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(x, params, inverse=False)
+
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        if self._fused(x, params):
+            return spline_forward(x, params, self._spec, self._forward_composed)
         return self._spline(x, params, inverse=False)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        graph = torch.is_grad_enabled() and (y.requires_grad or params.requires_grad)
+        if self._fused(y, params) and not graph:  # with a graph: the composed path and autograd
+            return spline_inverse(y, params, self._spec)
         return self._spline(y, params, inverse=True)
