@@ -30,45 +30,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["spline_forward", "spline_inverse", "spline_knots"]
+__all__ = ["LOGIT_BOUND", "spline_forward", "spline_inverse", "spline_knots"]
+
+LOGIT_BOUND = 30.0
+"""Width and height logits are clamped to ``[-30, 30]`` before the softmax: ``e^30`` is far from
+float32 overflow even squared and summed over the bins, and no trained network comes near it."""
 
 _CONSTANTS: dict = {}
 
 
 def _constants(spec: tuple, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
     """Constant tensors of a spline ``spec`` for a dtype and device, built once: the knot offsets
-    ``(2, K)`` (``j * step - B`` per axis, in the arithmetic of :func:`_offset`), the per-axis
-    scale numerators ``(2,)`` and the backward matrix of the cumulative sums ``(2K + 2, 2K)``."""
+    ``(2, K + 1)`` (``j * step - B`` per axis), the per-axis scale numerators ``(2,)``, the
+    backward matrix of the cumulative sums ``(2K + 2, 2K)``, the columns of a bin's edges in the
+    knot table ``(4,)``, a one and the bound ``()``."""
     key = (spec, dtype, device)
     found = _CONSTANTS.get(key)
     if found is None:
         K, B, mw, mh = spec[:4]
         R = 2 * B
-        j = torch.arange(K, dtype=dtype)
-        offsets = torch.stack([_offset(j, R * mw, B), _offset(j, R * mh, B)])
+        j = torch.arange(K + 1, dtype=dtype)
+        offsets = torch.stack([j * (R * mw) - B, j * (R * mh) - B])
         back = torch.zeros(2 * K + 2, 2 * K, dtype=dtype)  # back[j, i] = [i < j] within an axis
         tri = torch.ones(K + 1, K, dtype=dtype).tril(-1)
         back[: K + 1, :K], back[K + 1 :, K:] = tri, tri
-        numerators = torch.tensor([(1 - K * mw) * R, (1 - K * mh) * R], dtype=dtype)
-        found = tuple(t.to(device) for t in (offsets, numerators, back))
+        numerators = torch.tensor([[(1 - K * mw) * R], [(1 - K * mh) * R]], dtype=dtype)
+        corners = torch.tensor([0, 1, K + 1, K + 2])  # x_k, x_k+1, y_k, y_k+1
+        scalars = torch.ones((), dtype=dtype), torch.tensor(B, dtype=dtype)
+        found = tuple(t.to(device) for t in (offsets, numerators, back, corners, *scalars))
         _CONSTANTS[key] = found
     return found
 
 
-def _offset(j: Tensor, step: float, bound: float) -> Tensor:
-    """Position of knot ``j`` before the data-dependent part: ``j * step - B``."""
-    return (j * step).sub_(bound)
-
-
 def _sums(params: Tensor, K: int, with_grad: bool):
-    """Cumulative sums ``(N, 2, K + 1)`` of the exponentiated bounded logits ``exp(32 sigmoid(u/8))``,
+    """Cumulative sums ``(N, 2, K + 1)`` of the exponentiated clamped logits ``exp(clamp(u))``,
     per axis ``0, e_0, e_0 + e_1, ..., C`` (bin ``j`` spans entries ``j`` and ``j + 1``), and with
     ``with_grad`` the derivative ``d e / d u`` ``(N, 2K)``."""
-    sig = torch.sigmoid(params[:, : 2 * K] * 0.125)
-    de = torch.addcmul(sig, sig, sig, value=-1.0) if with_grad else None
-    e = sig.mul_(32.0).exp_()
+    u = params[:, : 2 * K].clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    de = (u.abs() < LOGIT_BOUND).to(u.dtype) if with_grad else None
+    e = u.exp_()
     if de is not None:
-        de.mul_(e).mul_(4.0)
+        de.mul_(e)
     if torch.compiler.is_compiling():  # the compiler fuses the pad; it cannot trace a strided out=
         return F.pad(e.view(-1, 2, K).cumsum(-1), (1, 0)), de
     sums = e.new_zeros(e.shape[0], 2, K + 1)
@@ -77,54 +79,41 @@ def _sums(params: Tensor, K: int, with_grad: bool):
 
 
 class _Bin:
-    """The bin of each input: its knots and derivatives as ``(N,)`` columns (on CPU, operations on
-    ``(N, 2)`` tensors broadcast against ``(N, 1)`` are several times slower than two on ``(N,)``),
-    plus what the backward needs."""
+    """The bin of each input, its knots and knot derivatives as ``(N,)`` columns, and what the
+    backward needs. All knots are ``sum * scale + offset`` (two roundings, in one place), so the
+    bin search, the bin's edges and :func:`spline_knots` agree bit for bit."""
 
     def __init__(self, v: Tensor, params: Tensor, spec: tuple, row: int, with_grad: bool) -> None:
-        K, B, mw, mh, md, shift = spec
-        R = 2 * B
-        offsets, numerators, _ = _constants(spec, v.dtype, v.device)
+        K, B, _, _, md, shift = spec
+        offsets, numerators, _, corners, one, bound = _constants(spec, v.dtype, v.device)
         sums, self.de = _sums(params, K, with_grad)
-        self.scale = numerators / sums[:, :, K]  # (N, 2): knot = sum * scale + offset
-        # the bin: the number of interior knots <= v (two roundings, as in every knot here)
-        inner = (sums[:, row, 1:K] * self.scale[:, row : row + 1]).add_(offsets[row, 1:])
-        k = (inner <= v.unsqueeze(-1)).sum(-1, keepdim=True)
+        self.scale = numerators / sums[:, :, K:]  # (N, 2, 1)
+        knots = (sums * self.scale).add_(offsets)  # (N, 2, K + 1)
+        k = (knots[:, row, 1:K] <= v.unsqueeze(-1)).sum(-1, keepdim=True)  # interior knots <= v
+        self.index = k + corners
+        edges = knots.view(-1, 2 * K + 2).gather(1, self.index)
         kf = k.to(v.dtype)
-        self.index = torch.cat([k, k + 1, k + (K + 1), k + (K + 2)], 1)  # x_k, x_k+1, y_k, y_k+1
-        self.sums = sums.view(-1, 2 * K + 2).gather(1, self.index)
-        self.last = (kf - (K - 2)).clamp_(0.0, 1.0).squeeze(-1)
-        first = (1.0 - kf).clamp_(0.0, 1.0).squeeze(-1)
-        kf = kf.squeeze(-1)
-        sx, sy, cs = self.scale[:, 0], self.scale[:, 1], self.sums.unbind(1)
-        self.x0 = (cs[0] * sx).add_(_offset(kf, R * mw, B))
-        self.y0 = (cs[2] * sy).add_(_offset(kf, R * mh, B))
-        self.x1 = (cs[1] * sx).add_(_offset(kf + 1.0, R * mw, B)).lerp_(_full(B, v), self.last)
-        self.y1 = (cs[3] * sy).add_(_offset(kf + 1.0, R * mh, B)).lerp_(_full(B, v), self.last)
+        ends = torch.cat([(1.0 - kf).clamp_(0.0, 1.0), kf.sub_(K - 2).clamp_(0.0, 1.0)], 1)
+        self.last = ends[:, 1]
+        edges[:, 1].lerp_(bound, self.last)  # the last knot is the bound exactly
+        edges[:, 3].lerp_(bound, self.last)
+        self.x0, self.x1, self.y0, self.y1 = edges.unbind(1)
+        self.size = edges[:, 1::2] - edges[:, 0::2]  # widths, heights
+        self.sums = sums.view(-1, 2 * K + 2).gather(1, self.index) if with_grad else None
         # knot derivatives: interior knot j has parameter column 2K - 1 + j; the end knots have 1
-        self.cols = torch.cat([k + (2 * K - 1), k.clamp(max=K - 2) + 2 * K], 1)
+        self.cols = self.index[:, :2].add(2 * K - 1).clamp_(max=3 * K - 2)
         raw = params.gather(1, self.cols).add_(shift)
-        d = F.softplus(raw).add_(md)
-        self.d0 = d[:, 0].lerp(_full(1.0, v), first)
-        self.d1 = d[:, 1].lerp(_full(1.0, v), self.last)
-        if with_grad:
-            self.dd = torch.sigmoid(raw)
-            self.dd[:, 0].mul_(1.0 - first)
-            self.dd[:, 1].mul_(1.0 - self.last)
+        self.d = F.softplus(raw).add_(md).lerp_(one, ends)
+        self.dd = torch.sigmoid(raw).mul_(1.0 - ends) if with_grad else None
         self.inside = (v.abs() <= B).to(v.dtype)
 
     def saved(self) -> tuple[Tensor, ...]:
-        return (self.de, self.scale, self.index, self.sums, self.last, self.cols, self.dd, self.d0, self.d1,
-                self.inside)
-
-
-def _full(value: float, like: Tensor) -> Tensor:
-    return torch.full((), value, dtype=like.dtype, device=like.device)
+        return self.de, self.scale, self.index, self.sums, self.cols, self.dd, self.d, self.inside, self.last
 
 
 def _rq_forward(x: Tensor, b: _Bin):
     """Rational-quadratic value and log-derivative inside, identity tails outside ``[-B, B]``."""
-    w, h, d0, d1 = b.x1 - b.x0, b.y1 - b.y0, b.d0, b.d1
+    w, h, d0, d1 = b.size[:, 0], b.size[:, 1], b.d[:, 0], b.d[:, 1]
     s = h / w
     xi = ((x - b.x0) / w).clamp_(0.0, 1.0)
     om = 1.0 - xi
@@ -139,7 +128,7 @@ def _rq_forward(x: Tensor, b: _Bin):
     return y, ladj, (xi, om, p, s, w, h, dsum, den, frac, n, q)
 
 
-def _rq_backward(gy, gl, inside, d0, d1, saved):
+def _rq_backward(gy, gl, inside, d, saved):
     """Gradients of the rational-quadratic map with respect to the input, the bin's knots
     ``x0, x1, y0, y1`` and its knot derivatives ``d0, d1`` (see the module docstring)."""
     xi, om, p, s, w, h, dsum, den, frac, n, q = saved
@@ -154,7 +143,7 @@ def _rq_backward(gy, gl, inside, d0, d1, saved):
     g_s = torch.addcmul(torch.addcmul(A * xi2, U, xi2 + om2, value=-1.0), Bn, p, value=2.0)
     g_s.add_(b / s, alpha=2.0)
     slope = om - xi
-    half_dn = torch.addcmul(torch.addcmul(d1 * xi, s, slope), d0, om, value=-1.0)
+    half_dn = torch.addcmul(torch.addcmul(d[:, 1] * xi, s, slope), d[:, 0], om, value=-1.0)
     g_xi = torch.addcmul((A * q).mul_(n), Bn, half_dn, value=2.0)
     g_xi.addcmul_(Bd * dsum, slope, value=-1.0)
     rw = 1.0 / w
@@ -177,30 +166,29 @@ class _SplineForward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy: Tensor, gl: Tensor):
-        x, params, de, scale, index, sums, last, cols, dd, d0, d1, inside, *saved = ctx.saved_tensors
+        x, params, de, scale, index, sums, cols, dd, d, inside, last, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # a graph of the gradient is wanted: differentiate the reference
             xr, pr = (t if t.requires_grad else t.detach().requires_grad_() for t in (x, params))
             y, ladj = ctx.reference(xr, pr)
             return (*torch.autograd.grad((y, ladj), (xr, pr), (gy, gl), create_graph=True), None, None)
-        K = ctx.spec[0]
-        numerators, back = _constants(ctx.spec, x.dtype, x.device)[1:]
-        grads = _rq_backward(gy.reshape(-1), gl.reshape(-1), inside, d0, d1, saved)
-        g_x, (g_x0, g_x1, g_y0, g_y1), g_d = grads
+        K, B, mw, mh = ctx.spec[:4]
+        back = _constants(ctx.spec, x.dtype, x.device)[2]
+        g_x, (g_x0, g_x1, g_y0, g_y1), g_d = _rq_backward(gy.reshape(-1), gl.reshape(-1), inside, d, saved)
         pinned = 1.0 - last  # the last knot is the bound
         g_x1.mul_(pinned)
         g_y1.mul_(pinned)
-        cs = sums.unbind(1)
-        sx, sy = scale[:, 0], scale[:, 1]
         # knot = sum * scale + offset, scale = numerator / C with C the total of the axis
-        g_cx = torch.addcmul(g_x0 * cs[0], g_x1, cs[1]).mul_(sx).mul_(sx).div_(-numerators[0])
-        g_cy = torch.addcmul(g_y0 * cs[2], g_y1, cs[3]).mul_(sy).mul_(sy).div_(-numerators[1])
+        cs = sums.unbind(1)
+        sx, sy = scale[:, 0, 0], scale[:, 1, 0]
         # sums = [0, e_0, e_0 + e_1, ..., C] per axis: d sums_j / d e_i = [i < j]
-        g_sums = torch.zeros(de.shape[0], 2 * K + 2, dtype=x.dtype, device=x.device)
-        g_sums.scatter_(1, index, torch.stack([g_x0 * sx, g_x1 * sx, g_y0 * sy, g_y1 * sy], 1))
-        g_sums[:, K] += g_cx
-        g_sums[:, 2 * K + 1] += g_cy
+        g_sums = torch.zeros(de.shape[0], 2, K + 1, dtype=x.dtype, device=x.device)
+        for axis, (g0, g1, s_, m) in enumerate(((g_x0, g_x1, sx, mw), (g_y0, g_y1, sy, mh))):
+            g_scale = torch.addcmul(g0 * cs[2 * axis], g1, cs[2 * axis + 1])
+            g_sums[:, axis, K] = g_scale.mul_(s_).mul_(s_).mul_(-1.0 / ((1 - K * m) * 2 * B))
+        g_bin = torch.stack([g_x0 * sx, g_x1 * sx, g_y0 * sy, g_y1 * sy], 1)
+        g_sums.view(-1, 2 * K + 2).scatter_add_(1, index, g_bin)
         grad_p = torch.zeros(de.shape[0], params.shape[-1], dtype=x.dtype, device=x.device)
-        grad_p[:, : 2 * K].addcmul_(g_sums @ back, de)
+        grad_p[:, : 2 * K].addcmul_(g_sums.view(-1, 2 * K + 2) @ back, de)
         grad_p.scatter_add_(1, cols, g_d.mul_(dd))
         return g_x.view(x.shape), grad_p.view(params.shape), None, None
 
@@ -223,7 +211,7 @@ def spline_inverse(y: Tensor, params: Tensor, spec: tuple) -> tuple[Tensor, Tens
     quadratic is taken in the stable form of :func:`~torchnf.transformers.rational_quadratic`."""
     flat = y.reshape(-1)
     b = _Bin(flat, params.reshape(-1, params.shape[-1]), spec, 1, False)
-    w, h, d0, d1 = b.x1 - b.x0, b.y1 - b.y0, b.d0, b.d1
+    w, h, d0, d1 = b.size[:, 0], b.size[:, 1], b.d[:, 0], b.d[:, 1]
     s = h / w
     t = ((flat - b.y0) / h).clamp_(0.0, 1.0)
     omt = 1.0 - t
@@ -246,12 +234,12 @@ def spline_inverse(y: Tensor, params: Tensor, spec: tuple) -> tuple[Tensor, Tens
 
 def spline_knots(params: Tensor, spec: tuple) -> Tensor:
     """All knots ``(3, N, K + 1)`` (positions, values, derivatives) with the arithmetic of
-    :func:`spline_forward`, so that inputs on a knot map exactly to the knot's value."""
+    :func:`spline_forward`, so that inputs on a knot map exactly to the knot's value; the end
+    knots are reported as ``-B`` and ``B`` exactly."""
     K, B, md, shift = spec[0], spec[1], spec[4], spec[5]
-    offsets, numerators, _ = _constants(spec, params.dtype, params.device)
+    offsets, numerators, *_ = _constants(spec, params.dtype, params.device)
     sums, _ = _sums(params, K, False)
-    scale = numerators / sums[:, :, K]
-    xy = (sums * scale.unsqueeze(-1)).add_(F.pad(offsets, (0, 1)))  # (N, 2, K + 1)
+    xy = (sums * (numerators / sums[:, :, K:])).add_(offsets)  # (N, 2, K + 1)
     xy[:, :, K] = B
     d = F.pad(F.softplus(params[:, 2 * K :] + shift) + md, (1, 1), value=1.0)
     return torch.cat([xy.transpose(0, 1), d.unsqueeze(0)], 0)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchnf.transformers.base import Transformer
-from torchnf.transformers.rq_fused import spline_forward, spline_inverse, spline_knots
+from torchnf.transformers.rq_fused import LOGIT_BOUND, spline_forward, spline_inverse, spline_knots
 
 __all__ = ["rational_quadratic", "RationalQuadraticSpline"]
 
@@ -60,12 +60,12 @@ class _Grid:
 
     Bins have sizes :math:`m + (1 - K m)\,\mathrm{softmax}(g(u))` of ``hi - lo``, so the right edge
     of bin ``j`` is :math:`lo + (hi - lo)\,[(1 - K m)\, c_j / c_{K-1} + m (j + 1)]` with
-    :math:`c = \mathrm{cumsum}(e^{g(u)})` and the soft bound :math:`g(u) = 32\,\sigma(u / 8)`
-    (:math:`\approx u + 16` near 0, within :math:`(0, 32)`): the sizes are a softmax of bounded
-    logits, so every term and its gradient stay finite in float32 (even :math:`c_{K-1}^2`) with no
-    max pass, and no logit ever loses its gradient. On CPU, ``torch.softmax`` over a last axis of
-    a few bins, or a max shift of the strided logits, is several times slower than these
-    elementwise passes and ``cumsum``. The normalisation and the minimum sizes are applied only to
+    :math:`c = \mathrm{cumsum}(e^{g(u)})` and :math:`g(u) = \mathrm{clamp}(u, -30, 30)`: the
+    sizes are the softmax of the logits (for any logit a network produces in practice), and every
+    term and its gradient stay finite in float32 (even :math:`c_{K-1}^2 < 10^{29}`) with no max
+    pass. On CPU, ``torch.softmax`` over a last axis of a few bins, or a max shift of the strided
+    logits, is several times slower than a clamp, an exponential and ``cumsum``. The
+    normalisation and the minimum sizes are applied only to
     the knots that are used: :meth:`knots` evaluates the formula on one axis (for the bin search,
     without gradient) and :meth:`locate` on the gathered edges, with the same arithmetic, so both
     agree bit for bit and inputs on a knot are exact. The end knots are ``lo`` and ``hi`` exactly.
@@ -74,7 +74,7 @@ class _Grid:
     def __init__(self, logits: Tensor, lo: float, hi: float, min_sizes: tuple[float, float]) -> None:
         K = logits.shape[-1]
         self.bins, self.lo, self.hi, self.m = K, lo, hi, min_sizes
-        cs = (torch.sigmoid(logits * 0.125) * 32.0).exp_().cumsum(-1)  # (*b, 2, K)
+        cs = logits.clamp(-LOGIT_BOUND, LOGIT_BOUND).exp_().cumsum(-1)  # (*b, 2, K)
         self.rows = cs.unbind(-2)  # cumulative widths, cumulative heights: (*b, K) each
         self.scales = [(1 - K * m) / c[..., K - 1 :] for m, c in zip(min_sizes, self.rows)]  # (*b, 1)
 
@@ -310,7 +310,7 @@ class RationalQuadraticSpline(Transformer):
     The ``3K - 1`` raw parameters per scalar are ``K`` width logits, ``K`` height logits and
     ``K - 1`` interior derivative parameters. Bin widths are
     :math:`m_w + (1 - K m_w)\,\mathrm{softmax}(g(u))` of the interval ``2B`` (heights likewise),
-    with the soft bound :math:`g(u) = 32\,\sigma(u / 8)` (see :class:`_Grid`); knots are their
+    with the logits clamped to :math:`[-30, 30]` (see :class:`_Grid`); knots are their
     cumulative sums from ``-B``; interior derivatives are
     :math:`m_d + \mathrm{softplus}(v + c)` with :math:`c` chosen so that :math:`v = 0` gives slope
     1; the end derivatives are 1, so the spline joins the identity tails smoothly. All-zero
