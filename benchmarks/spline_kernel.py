@@ -1,0 +1,89 @@
+"""The rational-quadratic spline transformer alone: the fused kernel (``RationalQuadraticSpline``'s
+forward/inverse) against the composed reference implementation of the same map (``_spline``),
+for a training pass (forward + backward into the parameters) and no-grad forward and inverse.
+
+  python benchmarks/spline_kernel.py                      # 512 / 4096 rows x 4 / 32 features
+  python benchmarks/spline_kernel.py --rows 512 --features 4 --reps 500
+
+Run it under the peer harness's allocator settings for comparable figures
+(``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824``). It prints medians
+and the composed / fused ratio; quote the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from torchnf.transformers import RationalQuadraticSpline
+
+
+def _median_us(fn, reps: int) -> float:
+    for _ in range(max(5, reps // 20)):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def _calls(t: RationalQuadraticSpline, rows: int, features: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, features, generator=g) * 2
+    p = torch.randn(rows, features, *t.param_shape, generator=g)
+    pg = p.clone().requires_grad_()
+    ways = {
+        "fused": (t.forward, t.inverse),
+        "composed": (t._forward_composed, lambda v, q: t._spline(v, q, True)),
+    }
+    calls = {}
+    for name, (fwd, inv) in ways.items():
+
+        def train(fwd=fwd):
+            y, ladj = fwd(x, pg)
+            torch.autograd.backward((y, ladj), (torch.ones_like(y), torch.ones_like(ladj)))
+
+        def forward(fwd=fwd):
+            with torch.no_grad():
+                fwd(x, p)
+
+        def inverse(inv=inv):
+            with torch.no_grad():
+                inv(x, p)
+
+        calls[name] = {"fwd+bwd": train, "forward": forward, "inverse": inverse}
+    return calls
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default="512,4096")
+    ap.add_argument("--features", default="4,32")
+    ap.add_argument("--bins", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t = RationalQuadraticSpline(args.bins, bound=5.0)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.bins} bins; median us per call")
+    print(f"{'rows x features':>16} {'task':>8} {'composed':>10} {'fused':>10} {'ratio':>7}")
+    for rows in map(int, args.rows.split(",")):
+        for features in map(int, args.features.split(",")):
+            calls = _calls(t, rows, features)
+            for task in ("fwd+bwd", "forward", "inverse"):
+                # interleave the two implementations in rounds so that drift hits both alike
+                times = {name: [] for name in calls}
+                for _ in range(5):
+                    for name in calls:
+                        times[name].append(_median_us(calls[name][task], max(1, args.reps // 5)))
+                c, f = (statistics.median(times[n]) for n in ("composed", "fused"))
+                print(f"{rows:>9} x {features:<4} {task:>8} {c:>10.0f} {f:>10.0f} {c / f:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
