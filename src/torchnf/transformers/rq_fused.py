@@ -6,20 +6,26 @@ flow the composed version spent most of its time on per-operation overhead (the 
 some sixty small operations per layer) and on backward passes over every ``(N, 2K)``
 intermediate. Here:
 
-- the exponentiated width and height logits are summed once (``cumsum``); the left edge of bin
-  ``k`` is the exclusive sum ``c_k - e_k`` (exactly 0 for the first bin), the right edge the
-  inclusive ``c_k``, so one index serves both ``gather`` calls;
-- the bin is found among the interior knots of the input axis (``searchsorted``), and only the two
-  knots of that bin are mapped to positions (the same arithmetic as :meth:`knots`);
+- the clamped width and height logits are exponentiated and summed once (``cumsum`` into a table
+  ``0, e_0, e_0 + e_1, ..., C`` per axis), and every knot is ``sum * scale + offset`` with two
+  roundings in one place, so the bin search, the bin's edges and :func:`spline_knots` agree bit
+  for bit and inputs on a knot map exactly to the knot's value;
+- the bin is the number of interior knots ``<= v`` on the input axis, and its four edges are one
+  ``gather``; the last knot is pinned to the bound;
 - masks are floating-point weights: ``torch.lerp`` with a 0/1 weight selects exactly, and is
-  several times cheaper on CPU than ``where``/``masked_fill`` on boolean masks;
-- the backward of everything before the ``gather`` is a scatter of the two non-zero entries per
-  axis, a reverse cumulative sum (a product with a constant triangular matrix) and one product
-  with the saved derivative of the exponentiated logits.
+  several times cheaper on CPU than ``where``/``masked_fill`` on boolean masks; the per-input
+  arithmetic works on ``(N,)`` columns (broadcasting ``(N, 2)`` against ``(N, 1)`` is slower);
+- the backward (:func:`_rq_backward`) differentiates
+  ``y = y_0 + h F(xi)``, ``F = (s xi^2 + d_0 xi (1 - xi)) / den`` and
+  ``log dy/dx = log(s^2 n / den^2)`` with respect to ``xi, s, d_0, d_1`` (using
+  ``dF/dxi = s n / den^2``) and chains through ``xi = (x - x_0) / w``, ``s = h / w``; the knots'
+  gradients reach the logits through a scatter of the four edge gradients, one product with a
+  constant triangular matrix (the reverse cumulative sum) and one with the saved ``d e / d u``.
 
 The map is the one of the composed :class:`~torchnf.transformers.splines._Grid` and
 :func:`~torchnf.transformers.splines._rq` up to rounding; the tests compare the two and run
-``gradcheck``. Second derivatives (``create_graph=True``) re-run the composed path under autograd.
+``gradcheck``. Second derivatives (``create_graph=True``) and ``torch.compile`` use the composed
+path.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ class _Bin:
         self.last = ends[:, 1]
         edges[:, 1].lerp_(bound, self.last)  # the last knot is the bound exactly
         edges[:, 3].lerp_(bound, self.last)
-        self.x0, self.x1, self.y0, self.y1 = edges.unbind(1)
+        self.x0, self.y0 = edges[:, 0], edges[:, 2]
         self.size = edges[:, 1::2] - edges[:, 0::2]  # widths, heights
         self.sums = sums.view(-1, 2 * K + 2).gather(1, self.index) if with_grad else None
         # knot derivatives: interior knot j has parameter column 2K - 1 + j; the end knots have 1
