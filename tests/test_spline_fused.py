@@ -92,3 +92,15 @@ def test_transformer_with_broadcast_parameters_takes_the_composed_path():
     ref = t._spline(x.view(10, 1).expand(10, 3), p[:1].expand(10, 3, -1), False)
     torch.testing.assert_close(y, ref[0])
     torch.testing.assert_close(ladj, ref[1])
+
+
+def test_torch_func_transforms_take_the_composed_path():
+    import torchnf as nf
+
+    torch.manual_seed(7)
+    flow = nf.Flow(nf.NSF(3, layers=2, hidden=(16,), bins=4)).double()
+    x = torch.randn(5, 3, dtype=torch.float64) * 2
+    per_point = torch.func.grad(lambda v: flow.log_prob(v).sum())(x)
+    xr = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(flow.log_prob(xr).sum(), xr)
+    torch.testing.assert_close(per_point, expected, rtol=1e-10, atol=1e-10)
