@@ -104,3 +104,13 @@ def test_torch_func_transforms_take_the_composed_path():
     xr = x.clone().requires_grad_()
     (expected,) = torch.autograd.grad(flow.log_prob(xr).sum(), xr)
     torch.testing.assert_close(per_point, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_mixed_dtypes_promote_like_the_composed_path():
+    t, x, p = _case(8, n=20, seed=8)
+    for fn, inverse in ((t.forward, False), (t.inverse, True)):
+        y, ladj = fn(x.float(), p)
+        ref = t._spline(x.float(), p, inverse)
+        assert y.dtype == torch.float64
+        torch.testing.assert_close(y, ref[0])
+        torch.testing.assert_close(ladj, ref[1])

@@ -371,12 +371,14 @@ class RationalQuadraticSpline(Transformer):
         return _rq(v, x0, x1, y0, y1, d0, d1, inverse)
 
     def _fused(self, v: Tensor, params: Tensor) -> bool:
-        """Whether the fused kernel serves this call: not for one bin, broadcasting parameters or
-        under ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``), which trace the composed path."""
+        """Whether the fused kernel serves this call: not for one bin, broadcasting parameters, mixed
+        dtypes (the composed path promotes) or under ``torch.func`` transforms (``grad``, ``vmap``,
+        ``jacrev``), which trace the composed path."""
         if params.shape[-1] != self.param_shape[0]:
             _split(self, params, self.bins - 1)  # raises the shape error
-        transformed = torch._C._are_functorch_transforms_active()
-        return self.bins >= 2 and v.shape == params.shape[:-1] and not transformed
+        if self.bins < 2 or v.shape != params.shape[:-1] or v.dtype != params.dtype:
+            return False
+        return not torch._C._are_functorch_transforms_active()
 
     def _forward_composed(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._spline(x, params, inverse=False)
