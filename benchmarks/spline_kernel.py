@@ -14,22 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from ar_sampler import median_seconds  # this folder is on the path when run as a script
 
 from torchnf.transformers import RationalQuadraticSpline
-
-
-def _median_us(fn, reps: int) -> float:
-    for _ in range(max(5, reps // 20)):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
 
 
 def _calls(t: RationalQuadraticSpline, rows: int, features: int, seed: int = 0):
@@ -80,7 +69,7 @@ def main(argv=None) -> None:
                 times = {name: [] for name in calls}
                 for _ in range(5):
                     for name in calls:
-                        times[name].append(_median_us(calls[name][task], max(1, args.reps // 5)))
+                        times[name].append(median_seconds(calls[name][task], max(1, args.reps // 5)) * 1e6)
                 c, f = (statistics.median(times[n]) for n in ("composed", "fused"))
                 print(f"{rows:>9} x {features:<4} {task:>8} {c:>10.0f} {f:>10.0f} {c / f:>6.2f}x")
 

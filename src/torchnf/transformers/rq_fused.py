@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOGIT_BOUND", "spline_forward", "spline_inverse", "spline_knots"]
+__all__ = ["LOGIT_BOUND", "needs_graph", "spline_forward", "spline_inverse", "spline_knots"]
 
 LOGIT_BOUND = 30.0
 """Width and height logits are clamped to ``[-30, 30]`` before the softmax: ``e^30`` is far from
@@ -117,21 +117,32 @@ class _Bin:
         return self.de, self.scale, self.index, self.sums, self.cols, self.dd, self.d, self.inside, self.last
 
 
-def _rq_forward(x: Tensor, b: _Bin):
-    """Rational-quadratic value and log-derivative inside, identity tails outside ``[-B, B]``."""
+def _bin_terms(b: _Bin) -> tuple[Tensor, ...]:
+    """Width, height, knot derivatives, slope ``s = h / w`` and ``d_0 + d_1 - 2 s`` of each bin."""
     w, h, d0, d1 = b.size[:, 0], b.size[:, 1], b.d[:, 0], b.d[:, 1]
     s = h / w
-    xi = ((x - b.x0) / w).clamp_(0.0, 1.0)
+    return w, h, d0, d1, s, torch.add(d0 + d1, s, alpha=-2.0)
+
+
+def _slope_terms(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, dsum: Tensor) -> tuple[Tensor, ...]:
+    """At relative position ``xi``: ``1 - xi``, ``xi (1 - xi)``, the denominator, the numerator
+    ``n`` of the derivative, ``q = s / den`` and ``log dy/dx = log(q^2 n)``."""
     om = 1.0 - xi
     p = xi * om
-    dsum = torch.add(d0 + d1, s, alpha=-2.0)
     den = torch.addcmul(s, dsum, p)
-    frac = torch.addcmul(s * xi, d0, om).mul_(xi).div_(den)
     n = torch.addcmul(torch.addcmul(d1 * xi * xi, d0 * om, om), s, p, value=2.0)
     q = s / den
+    return om, p, den, n, q, torch.log(q * q * n)
+
+
+def _rq_forward(x: Tensor, b: _Bin):
+    """Rational-quadratic value and log-derivative inside, identity tails outside ``[-B, B]``."""
+    w, h, d0, d1, s, dsum = _bin_terms(b)
+    xi = ((x - b.x0) / w).clamp_(0.0, 1.0)
+    om, p, den, n, q, log_slope = _slope_terms(xi, s, d0, d1, dsum)
+    frac = torch.addcmul(s * xi, d0, om).mul_(xi).div_(den)
     y = torch.lerp(x, torch.addcmul(b.y0, h, frac), b.inside)
-    ladj = torch.log(q * q * n).mul_(b.inside)
-    return y, ladj, (xi, om, p, s, w, h, dsum, den, frac, n, q)
+    return y, log_slope.mul_(b.inside), (xi, om, p, s, w, h, dsum, den, frac, n, q)
 
 
 def _rq_backward(gy, gl, inside, d, saved):
@@ -199,11 +210,16 @@ class _SplineForward(torch.autograd.Function):
         return g_x.view(x.shape), grad_p.view(params.shape), None, None
 
 
+def needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd records a call on ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def spline_forward(x: Tensor, params: Tensor, spec: tuple, reference: Callable) -> tuple[Tensor, Tensor]:
     """``(y, log dy/dx)`` of the spline ``spec = (K, B, m_w, m_h, m_d, shift)`` (``K >= 2``) for
     ``x`` ``(*b)`` and ``params`` ``(*b, 3K - 1)``. ``reference(x, params)`` is the composed
     implementation, used only for second derivatives."""
-    if not (torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)):
+    if not needs_graph(x, params):
         flat = x.reshape(-1)
         y, ladj, _ = _rq_forward(flat, _Bin(flat, params.reshape(-1, params.shape[-1]), spec, 0, False))
         return y.view(x.shape), ladj.view(x.shape)
@@ -217,11 +233,9 @@ def spline_inverse(y: Tensor, params: Tensor, spec: tuple) -> tuple[Tensor, Tens
     quadratic is taken in the stable form of :func:`~torchnf.transformers.rational_quadratic`."""
     flat = y.reshape(-1)
     b = _Bin(flat, params.reshape(-1, params.shape[-1]), spec, 1, False)
-    w, h, d0, d1 = b.size[:, 0], b.size[:, 1], b.d[:, 0], b.d[:, 1]
-    s = h / w
+    w, h, d0, d1, s, dsum = _bin_terms(b)
     t = ((flat - b.y0) / h).clamp_(0.0, 1.0)
     omt = 1.0 - t
-    dsum = torch.add(d0 + d1, s, alpha=-2.0)
     lin = torch.addcmul(d0, t, dsum, value=-1.0)
     e = torch.addcmul(d0 * omt, d1, t, value=-1.0)
     sq = torch.addcmul(e * e, s * s, t * omt, value=4.0).sqrt_()
@@ -229,13 +243,9 @@ def spline_inverse(y: Tensor, params: Tensor, spec: tuple) -> tuple[Tensor, Tens
     num = torch.lerp(sq - lin, (s * t).mul_(2.0), pos)
     den = torch.lerp(torch.add(s, lin, alpha=-1.0).mul_(2.0), lin + sq, pos)
     xi = (num / den).clamp_(0.0, 1.0)
-    om = 1.0 - xi
-    p = xi * om
-    n = torch.addcmul(torch.addcmul(d1 * xi * xi, d0 * om, om), s, p, value=2.0)
-    q = s / torch.addcmul(s, dsum, p)
+    log_slope = _slope_terms(xi, s, d0, d1, dsum)[-1]
     x = torch.lerp(flat, torch.addcmul(b.x0, xi, w), b.inside)
-    ladj = torch.log(q * q * n).neg_().mul_(b.inside)
-    return x.view(y.shape), ladj.view(y.shape)
+    return x.view(y.shape), log_slope.neg_().mul_(b.inside).view(y.shape)
 
 
 def spline_knots(params: Tensor, spec: tuple) -> Tensor:

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchnf.transformers.base import Transformer
-from torchnf.transformers.rq_fused import LOGIT_BOUND, spline_forward, spline_inverse, spline_knots
+from torchnf.transformers.rq_fused import (
+    LOGIT_BOUND,
+    needs_graph,
+    spline_forward,
+    spline_inverse,
+    spline_knots,
+)
 
 __all__ = ["rational_quadratic", "RationalQuadraticSpline"]
 
@@ -386,10 +392,9 @@ class RationalQuadraticSpline(Transformer):
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         if self._fused(x, params):
             return spline_forward(x, params, self._spec, self._forward_composed)
-        return self._spline(x, params, inverse=False)
+        return self._forward_composed(x, params)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        graph = torch.is_grad_enabled() and (y.requires_grad or params.requires_grad)
-        if self._fused(y, params) and not graph:  # with a graph: the composed path and autograd
+        if self._fused(y, params) and not needs_graph(y, params):  # with a graph: composed + autograd
             return spline_inverse(y, params, self._spec)
         return self._spline(y, params, inverse=True)
