@@ -152,20 +152,15 @@ def plot(rows: list[dict], path: str) -> None:
     batches = sorted({r["batch"] for r in rows})
     dims = sorted({r["dim"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    big = max(batches)
-    for a in archs:
-        pts = sorted((r["dim"], r["train_ms"]) for r in rows if r["arch"] == a and r["batch"] == big)
-        if pts:
-            axes[0].plot(*zip(*pts), marker="o", label=a)
-    axes[0].set(xscale="log", yscale="log", xlabel="D", ylabel=f"train step (ms), batch {big}",
-                title="cost against dimension")
-    mid = 64 if 64 in dims else dims[len(dims) // 2]
-    for a in archs:
-        pts = sorted((r["batch"], r["train_ms"]) for r in rows if r["arch"] == a and r["dim"] == mid)
-        if pts:
-            axes[1].plot(*zip(*pts), marker="o", label=a)
-    axes[1].set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"train step (ms), D={mid}",
-                title="cost against batch size")
+    big, mid = max(batches), (64 if 64 in dims else dims[len(dims) // 2])
+    panels = (("dim", "batch", big, "D", f"train step (ms), batch {big}", "cost against dimension"),
+              ("batch", "dim", mid, "batch size", f"train step (ms), D={mid}", "cost against batch size"))
+    for ax, (x_key, fixed_key, fixed, xlabel, ylabel, title) in zip(axes, panels):
+        for a in archs:
+            pts = sorted((r[x_key], r["train_ms"]) for r in rows if r["arch"] == a and r[fixed_key] == fixed)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=a)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
