@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from torchnf.core import Bijection
-from torchnf.nn import MaskedMLP
+from torchnf.nn import MaskedMLP, get_activation
 from torchnf.transformers.affine import Affine
 from torchnf.transformers.base import Transformer
 
@@ -102,7 +102,7 @@ class MaskedAutoregressive(Bijection):
         weights = [(m.weight * m.mask, m.bias) for m in layers]
         w0, b0 = weights[0]
         w_last, b_last = weights[-1]
-        act = made.net[1]
+        act = get_activation(made.activation)  # out of place: ``pre`` is kept and updated
         batch = z.shape[:-1]
         n_x = 2 * D if made.circular else D  # input columns fed by x (cos and sin blocks)
         if made.circular:  # x starts at 0: cos(0) = 1 feeds every cos column
