@@ -18,7 +18,10 @@ def _case(bins: int, n: int = 300, seed: int = 0, scale: float = 2.0, **kwargs):
 
 
 @pytest.mark.parametrize("bins", [2, 3, 8])
-@pytest.mark.parametrize("kwargs", [{}, {"min_width": 0.05, "min_height": 0.01, "min_derivative": 0.1}])
+@pytest.mark.parametrize("kwargs", [
+    {}, {"min_width": 0.05, "min_height": 0.01, "min_derivative": 0.1},
+    {"min_width": 0.0, "min_height": 0.0},  # the prefix sums by cumsum rather than a matrix product
+])
 def test_fused_matches_the_composed_map(bins, kwargs):
     t, x, p = _case(bins, **kwargs)
     pairs = ((spline_forward(x, p, t._spec, None), False), (spline_inverse(x, p, t._spec), True))
@@ -27,6 +30,27 @@ def test_fused_matches_the_composed_map(bins, kwargs):
         torch.testing.assert_close(fused[0], ref[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(fused[1], ref[1], rtol=1e-10, atol=1e-10)
     assert ((x.abs() > 3.0).sum() > 20) and ((x.abs() < 3.0).sum() > 100)
+
+
+@pytest.mark.parametrize("minimum", [1e-3, 0.0])
+def test_float32_knots_never_decrease_and_inputs_on_knots_hit_them(minimum):
+    """Logits far apart put many bins at the minimum size, where the prefix sums' rounding shows:
+    with a minimum size the knots strictly increase (matrix-product sums); without one the
+    interior knots may tie but never decrease (cumsum; the last of them may round an ulp past the
+    pinned bound, a bin no input inside the bound can reach)."""
+    g = torch.Generator().manual_seed(11)
+    t = RationalQuadraticSpline(8, bound=5.0, min_width=minimum, min_height=minimum)
+    p = torch.randn(4096, 23, generator=g) * 8
+    steps = t.knots(p)[:2].diff(dim=-1)
+    if minimum:
+        assert (steps > 0).all()
+    else:
+        interior = steps[:, :, 1:-1]
+        assert (interior >= 0).all() and (interior == 0).any()
+    if minimum:
+        knots = t.knots(p)
+        y, _ = t.forward(knots[0, :, 1:-1].T.contiguous(), p.expand(7, -1, -1))
+        torch.testing.assert_close(y, knots[1, :, 1:-1].T, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("bins", [2, 5, 8])

@@ -6,7 +6,7 @@ flow the composed version spent most of its time on per-operation overhead (the 
 some sixty small operations per layer) and on backward passes over every ``(N, 2K)``
 intermediate. Here:
 
-- the clamped width and height logits are exponentiated and summed once (``cumsum`` into a table
+- the clamped width and height logits are exponentiated and summed once (prefix sums into a table
   ``0, e_0, e_0 + e_1, ..., C`` per axis), and every knot is ``sum * scale + offset`` with two
   roundings in one place, so the bin search, the bin's edges and :func:`spline_knots` agree bit
   for bit and inputs on a knot map exactly to the knot's value;
@@ -77,13 +77,22 @@ def _constants(spec: tuple, dtype: torch.dtype, device: torch.device) -> tuple[T
     return found
 
 
-def _sums(params: Tensor, K: int, with_grad: bool):
+def _sums(params: Tensor, spec: tuple, with_grad: bool):
     """Cumulative sums ``(N, 2, K)`` of the exponentiated clamped logits ``exp(clamp(u))``, per
     axis ``e_0, e_0 + e_1, ..., C`` (entry ``j`` gives the right edge of bin ``j``), and with
-    ``with_grad`` the derivative ``d e / d u`` ``(N, 2K)`` (``e`` where the clamp is inactive)."""
+    ``with_grad`` the derivative ``d e / d u`` ``(N, 2K)`` (``e`` where the clamp is inactive).
+    The sums are one product with the block-triangular matrix of the backward (about twice as
+    fast as ``cumsum`` along a short last axis at large ``N``). A matrix product may sum in any
+    order, which moves a knot by at most ``K`` roundings of ``2B``; the minimum bin sizes keep the
+    knots increasing only if they exceed that, so with smaller ones the sums are ``cumsum``'s
+    (sequential, hence never decreasing)."""
+    K = spec[0]
     raw = params.narrow(1, 0, 2 * K)
     e = raw.clamp(-LOGIT_BOUND, LOGIT_BOUND).exp_()
     de = torch.ops.aten.hardtanh_backward(e, raw, -LOGIT_BOUND, LOGIT_BOUND) if with_grad else None
+    if min(spec[2], spec[3]) > 2 * K * torch.finfo(params.dtype).eps:
+        back = _constants(spec, params.dtype, params.device)[2]
+        return (e @ back.t()).view(-1, 2, K), de
     return e.view(-1, 2, K).cumsum(2), de
 
 
@@ -109,7 +118,7 @@ class _Bin:
         K, B, _, _, md, shift = spec
         consts = _constants(spec, v.dtype, v.device)
         offsets, numerators, _, corners, end_offset, end_sign, bounds, one, _ = consts
-        sums, self.de = _sums(params, K, with_grad)
+        sums, self.de = _sums(params, spec, with_grad)
         totals = sums.narrow(2, K - 1, 1)  # (N, 2, 1)
         scale = numerators / totals
         knots = (sums * scale).add_(offsets)  # (N, 2, K)
@@ -283,7 +292,7 @@ def spline_knots(params: Tensor, spec: tuple) -> Tensor:
     knots are reported as ``-B`` and ``B`` exactly."""
     K, B, md, shift = spec[0], spec[1], spec[4], spec[5]
     offsets, numerators, *_ = _constants(spec, params.dtype, params.device)
-    sums, _ = _sums(params, K, False)
+    sums, _ = _sums(params, spec, False)
     right = (sums * (numerators / sums.narrow(2, K - 1, 1))).add_(offsets)  # (N, 2, K)
     xy = F.pad(right, (1, 0), value=-B)
     xy[:, :, K] = B
