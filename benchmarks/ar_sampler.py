@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Sequential MADE sampler against ``D`` full MADE passes, on the same weights.
 
-torchnf samples masked-autoregressive layers one feature per step (only the needed output rows, a
-rank-one update of the first layer); the straightforward inverse runs the whole MADE ``D`` times.
+torchnf samples masked-autoregressive layers one feature per step; without a graph each step
+computes only the hidden units whose degree the step completes, and the solved feature's output
+rows, so the ``D`` steps cost less than one MADE pass in the hidden layers. The straightforward
+inverse runs the whole MADE ``D`` times.
 
   python benchmarks/ar_sampler.py            # MAF and NSF-AR at D = 8, 64; 4096 samples
 """

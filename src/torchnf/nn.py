@@ -179,6 +179,14 @@ class MaskedMLP(Recorded, nn.Module):
 
         layers: list[nn.Module] = []
         prev = deg_in
+        # for the graph-free sampler: each hidden layer's units sorted by degree (a non-persistent
+        # buffer per layer) and the number of units of degree <= m, m = 0..D-1
+        ends = []
+        for i, h in enumerate(hidden):
+            sorted_deg, perm = hidden_degrees(h).sort(stable=True)
+            self.register_buffer(f"degree_order{i}", perm, persistent=False)
+            ends.append(tuple(int((sorted_deg <= m).sum()) for m in range(D)))
+        self.degree_ends: tuple[tuple[int, ...], ...] = tuple(ends)
         for i, h in enumerate(hidden):
             deg = hidden_degrees(h)
             mask = deg[:, None] >= prev[None, :]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from torchnf.core import Bijection
-from torchnf.nn import MaskedMLP, get_activation
+from torchnf.nn import MaskedMLP, _after_linear, get_activation
 from torchnf.transformers.affine import Affine
 from torchnf.transformers.base import Transformer
 
@@ -18,8 +18,11 @@ __all__ = ["MaskedAutoregressive", "MaskedAffineAutoregressive"]
 class MaskedAutoregressive(Bijection):
     r"""Autoregressive layer ``z_i = tau(x_i; c_i(x_{<i}, context))`` with a MADE conditioner.
 
-    ``forward`` (density evaluation) is one MADE pass. ``inverse`` (sampling) needs ``D``
-    sequential passes: pass ``k`` fixes the ``k``-th feature in the order. The Jacobian is
+    ``forward`` (density evaluation) is one MADE pass. ``inverse`` (sampling) takes ``D``
+    sequential steps: step ``k`` fixes the ``k``-th feature in the order. Without a graph
+    (``no_grad``, as in :meth:`~torchnf.Flow.sample`) the steps together cost less than one
+    MADE pass in the hidden layers, since each hidden unit is computed once, as soon as the
+    features it depends on are known. The Jacobian is
     triangular in the order, so ``ladj`` is the sum of the transformer's log-derivatives.
 
     Args:
@@ -87,10 +90,83 @@ class MaskedAutoregressive(Bijection):
             for _ in range(self.event_shape[0]):
                 x, l = self.transformer.inverse(z, self._params(x, context))
             return x, l.sum(-1)
-        return self._inverse_sequential(z, context)
+        if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())
+                                        or (context is not None and context.requires_grad)):
+            return self._inverse_sequential(z, context)
+        return self._inverse_by_degree(z, context)
+
+    def _inverse_by_degree(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``D`` steps without a graph, each computing every hidden unit exactly once.
+
+        A hidden unit of degree ``m`` depends only on the features at positions ``<= m`` of the
+        order, so its value is final as soon as those are solved. With the units of every hidden
+        layer sorted by degree, step ``p`` (solving the feature at position ``p``) computes only
+        the units of degree ``p - 1``, from the prefix of lower-degree units of the layer below,
+        and the feature's ``P`` outputs from the prefix of degree ``< p``. The hidden layers thus
+        cost less than one full MADE pass over all ``D`` steps (a unit of degree ``m`` reads only
+        the ``m``-prefix below it). Activations are kept transposed, ``(units, batch)``, so every
+        group and every prefix is a contiguous block of rows.
+        """
+        made = self.made
+        D, P, C = self.event_shape[0], made.params_per_feature, made.context_dim
+        batch = z.shape[:-1]
+        zf = z.reshape(-1, D)
+        n = zf.shape[0]
+        act = _after_linear(made.activation)
+        ends = made.degree_ends  # ends[j][m]: units of degree <= m in hidden layer j
+        weights, biases, prev_perm = [], [], None
+        for j, layer in enumerate(made.plain_layers()):
+            w, b = layer.weight * layer.mask, layer.bias
+            perm = getattr(made, f"degree_order{j}") if j < len(ends) else None
+            if perm is not None:
+                w, b = w[perm], b[perm]
+            if prev_perm is not None:
+                w = w[:, prev_perm]
+            weights.append(w)
+            biases.append(b.unsqueeze(1))
+            prev_perm = perm
+        zt = zf.t().contiguous()
+        n_x = 2 * D if made.circular else D
+        inputs = zf.new_zeros(n_x + C, n)  # unsolved features: masked out, any finite value will do
+        if context is not None:
+            inputs[n_x:] = context.reshape(n, C).t()
+        hidden = [zf.new_empty(len(e) and e[-1], n) for e in ends]
+        cols: list[Tensor | None] = [None] * D
+        total: Tensor | None = None
+        for m, i in enumerate(self._steps):  # the feature at position m + 1 sees degrees <= m
+            below = inputs
+            for j, h in enumerate(hidden):
+                lo, hi = (ends[j][m - 1] if m else 0), ends[j][m]
+                if hi > lo:
+                    block = h[lo:hi]
+                    k = below.shape[0] if j == 0 else ends[j - 1][m]
+                    torch.addmm(biases[j][lo:hi], weights[j][lo:hi, :k], below[:k], out=block)
+                    done = act(block)
+                    if done is not block:
+                        block.copy_(done)
+                below = h
+            rows, k = slice(i * P, (i + 1) * P), ends[-1][m]
+            if k:
+                params = torch.addmm(biases[-1][rows], weights[-1][rows, :k], hidden[-1][:k]).t()
+            else:
+                params = biases[-1][rows].t().expand(n, P)
+            if self._pshape != (P,):
+                params = params.reshape(n, *self._pshape)
+            if self._add_identity:
+                params = params + self.identity
+            xi, li = self.transformer.inverse(zt[i], params)
+            cols[i] = xi
+            total = li if total is None else total + li
+            if made.circular:
+                inputs[i], inputs[D + i] = xi.cos(), xi.sin()
+            else:
+                inputs[i] = xi
+        x = torch.stack(cols, dim=-1).view(*batch, D)
+        return x, total.view(batch)  # type: ignore[union-attr]
 
     def _inverse_sequential(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``D`` steps; step ``k`` solves for the ``k``-th feature in the order only.
+        """``D`` steps keeping a graph (``rsample``); step ``k`` solves for the ``k``-th feature in
+        the order only.
 
         Each step runs the hidden layers once but only the ``P`` output rows of the feature being
         solved, and the first layer's pre-activation is updated by a rank-one term instead of a full
@@ -113,7 +189,8 @@ class MaskedAutoregressive(Bijection):
         cols: list[Tensor | None] = [None] * D
         total: Tensor | None = None
         for k, i in enumerate(self._steps):
-            if k == 0 and context is None:  # the first feature sees no input: its params are the bias
+            if k == 0 and context is None and D > 1:  # no input reaches the first feature: the bias
+                # (with D = 1 the hidden units have degree 0 and still feed it their constant values)
                 params = b_last[i * P : (i + 1) * P].expand(*batch, P)
             else:
                 h = act(pre)
