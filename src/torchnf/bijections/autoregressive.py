@@ -130,7 +130,7 @@ class MaskedAutoregressive(Bijection):
         inputs = zf.new_zeros(n_x + C, n)  # unsolved features: masked out, any finite value will do
         if context is not None:
             inputs[n_x:] = context.reshape(n, C).t()
-        hidden = [zf.new_empty(len(e) and e[-1], n) for e in ends]
+        hidden = [zf.new_empty(e[-1], n) for e in ends]  # e[-1]: all units of the layer
         cols: list[Tensor | None] = [None] * D
         total: Tensor | None = None
         for m, i in enumerate(self._steps):  # the feature at position m + 1 sees degrees <= m
