@@ -142,6 +142,11 @@ def set_validation(enabled: bool) -> None:
     _VALIDATE = bool(enabled)
 
 
+def needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd records a call on ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def validation_enabled() -> bool:
     """Whether value checks are on (and not inside ``torch.compile`` tracing)."""
     return _VALIDATE and not torch.compiler.is_compiling()

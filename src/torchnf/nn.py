@@ -179,16 +179,12 @@ class MaskedMLP(Recorded, nn.Module):
 
         layers: list[nn.Module] = []
         prev = deg_in
-        # for the graph-free sampler: each hidden layer's units sorted by degree (a non-persistent
-        # buffer per layer) and the number of units of degree <= m, m = 0..D-1
-        ends = []
-        for i, h in enumerate(hidden):
-            sorted_deg, perm = hidden_degrees(h).sort(stable=True)
-            self.register_buffer(f"degree_order{i}", perm, persistent=False)
-            ends.append(tuple(int((sorted_deg <= m).sum()) for m in range(D)))
-        self.degree_ends: tuple[tuple[int, ...], ...] = tuple(ends)
+        ends = []  # per hidden layer: the number of units of degree <= m, m = 0..D-1
         for i, h in enumerate(hidden):
             deg = hidden_degrees(h)
+            sorted_deg, perm = deg.sort(stable=True)
+            self.register_buffer(f"_degree_order{i}", perm, persistent=False)
+            ends.append(tuple(torch.searchsorted(sorted_deg, torch.arange(D), right=True).tolist()))
             mask = deg[:, None] >= prev[None, :]
             if residual_blocks and i > 0:
                 layers.append(_Residual(mask, activation))
@@ -205,6 +201,7 @@ class MaskedMLP(Recorded, nn.Module):
             nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
+        self.degree_ends: tuple[tuple[int, ...], ...] = tuple(ends)
         self.residual_blocks = bool(residual_blocks)
         self.activation = activation
         self.circular = bool(circular)
@@ -214,6 +211,22 @@ class MaskedMLP(Recorded, nn.Module):
         if self.residual_blocks:
             raise RuntimeError("MaskedMLP.plain_layers: not available with residual blocks")
         return [m for m in self.net if isinstance(m, MaskedLinear)]
+
+    def layers_by_degree(self) -> list[tuple[Tensor, Tensor]]:
+        """The masked weights and biases of :meth:`plain_layers` with every hidden layer's units
+        sorted by degree (stably), so that the units of degree ``<= m`` of hidden layer ``j`` are
+        its first ``degree_ends[j][m]``."""
+        out, prev = [], None
+        for j, layer in enumerate(self.plain_layers()):
+            w, b = layer.weight * layer.mask, layer.bias
+            perm = getattr(self, f"_degree_order{j}", None)
+            if perm is not None:
+                w, b = w[perm], b[perm]
+            if prev is not None:
+                w = w[:, prev]
+            out.append((w, b))
+            prev = perm
+        return out
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.circular:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchnf.core import Bijection
+from torchnf.core import Bijection, needs_graph
 from torchnf.nn import MaskedMLP, _after_linear, get_activation
 from torchnf.transformers.affine import Affine
 from torchnf.transformers.base import Transformer
@@ -90,8 +90,7 @@ class MaskedAutoregressive(Bijection):
             for _ in range(self.event_shape[0]):
                 x, l = self.transformer.inverse(z, self._params(x, context))
             return x, l.sum(-1)
-        if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())
-                                        or (context is not None and context.requires_grad)):
+        if needs_graph(z, *self.parameters(), *(() if context is None else (context,))):
             return self._inverse_sequential(z, context)
         return self._inverse_by_degree(z, context)
 
@@ -114,17 +113,7 @@ class MaskedAutoregressive(Bijection):
         n = zf.shape[0]
         act = _after_linear(made.activation)
         ends = made.degree_ends  # ends[j][m]: units of degree <= m in hidden layer j
-        weights, biases, prev_perm = [], [], None
-        for j, layer in enumerate(made.plain_layers()):
-            w, b = layer.weight * layer.mask, layer.bias
-            perm = getattr(made, f"degree_order{j}") if j < len(ends) else None
-            if perm is not None:
-                w, b = w[perm], b[perm]
-            if prev_perm is not None:
-                w = w[:, prev_perm]
-            weights.append(w)
-            biases.append(b.unsqueeze(1))
-            prev_perm = perm
+        weights, biases = zip(*((w, b.unsqueeze(1)) for w, b in made.layers_by_degree()), strict=True)
         zt = zf.t().contiguous()
         n_x = 2 * D if made.circular else D
         inputs = zf.new_zeros(n_x + C, n)  # unsolved features: masked out, any finite value will do
@@ -189,8 +178,7 @@ class MaskedAutoregressive(Bijection):
         cols: list[Tensor | None] = [None] * D
         total: Tensor | None = None
         for k, i in enumerate(self._steps):
-            if k == 0 and context is None and D > 1:  # no input reaches the first feature: the bias
-                # (with D = 1 the hidden units have degree 0 and still feed it their constant values)
+            if k == 0 and not made.degree_ends[-1][0]:  # no hidden unit reaches the first feature
                 params = b_last[i * P : (i + 1) * P].expand(*batch, P)
             else:
                 h = act(pre)

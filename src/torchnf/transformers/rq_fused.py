@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOGIT_BOUND", "needs_graph", "spline_forward", "spline_inverse", "spline_knots"]
+from torchnf.core import needs_graph
+
+__all__ = ["LOGIT_BOUND", "spline_forward", "spline_inverse", "spline_knots"]
 
 LOGIT_BOUND = 30.0
 """Width and height logits are clamped to ``[-30, 30]`` before the softmax: ``e^30`` is far from
@@ -245,11 +247,6 @@ class _SplineForward(torch.autograd.Function):
         grad_p.narrow(1, 0, 2 * K).addcmul_(g_sums.view(-1, 2 * K) @ back, de)
         grad_p.t().scatter_add_(0, cols, g_d.mul_(dd))
         return g_x.view(x.shape), grad_p.view(params.shape), None, None
-
-
-def needs_graph(*tensors: Tensor) -> bool:
-    """Whether autograd records a call on ``tensors``."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def spline_forward(x: Tensor, params: Tensor, spec: tuple, reference: Callable) -> tuple[Tensor, Tensor]:

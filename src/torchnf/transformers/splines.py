@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchnf.core import needs_graph
 from torchnf.transformers.base import Transformer
 from torchnf.transformers.rq_fused import (
     LOGIT_BOUND,
-    needs_graph,
     spline_forward,
     spline_inverse,
     spline_knots,
