@@ -22,7 +22,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -159,6 +159,21 @@ template <> inline Vec<float> load_col<float>(const float* p, int64_t P, int64_t
 template <> inline Vec<double> load_col<double>(const double* p, int64_t P, int64_t j) {
     const __m256i idx = _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(int(P)));
     return (Vec<double>)_mm512_i32gather_pd(idx, p + j, 8);
+}
+#elif defined(__AVX2__)
+template <> inline Vec<float> load_col<float>(const float* p, int64_t P, int64_t j) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(int(P)));
+    const __m256 halves[2] = {_mm256_i32gather_ps(p + j, idx, 4), _mm256_i32gather_ps(p + 8 * P + j, idx, 4)};
+    Vec<float> v;
+    std::memcpy(&v, halves, sizeof v);
+    return v;
+}
+template <> inline Vec<double> load_col<double>(const double* p, int64_t P, int64_t j) {
+    const __m128i idx = _mm_mullo_epi32(_mm_set_epi32(3, 2, 1, 0), _mm_set1_epi32(int(P)));
+    const __m256d halves[2] = {_mm256_i32gather_pd(p + j, idx, 8), _mm256_i32gather_pd(p + 4 * P + j, idx, 8)};
+    Vec<double> v;
+    std::memcpy(&v, halves, sizeof v);
+    return v;
 }
 #endif
 template <class T> inline void store(T* out, Vec<T> v, int nb) {

@@ -39,7 +39,7 @@ __all__ = ["available", "backward", "disabled", "forward", "knots", "serves", "s
 
 _SOURCE = Path(__file__).with_name("rq_native.cpp")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off",
-          "-fno-math-errno", "-fno-trapping-math")
+          "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _PARALLEL_MIN = 2048  # inputs per thread below which a call runs on one thread
 
