@@ -158,7 +158,16 @@ def test_mixed_dtypes_promote_like_the_composed_path():
         torch.testing.assert_close(ladj, ref[1])
 
 
-@pytest.mark.parametrize("n", [1, 5, 17, 10_001])
+def _assert_no_grad_calls_match_the_composed_map(t, x, p):
+    for fn, inverse in ((t.forward, False), (t.inverse, True)):
+        with torch.no_grad():
+            out = fn(x, p)
+        ref = t._spline(x, p, inverse)
+        torch.testing.assert_close(out[0], ref[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[1], ref[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 17, 10_001])
 def test_blocks_partial_and_split_over_threads_match_the_composed_map(n):
     """The kernel works in blocks of 8 or 16 inputs, a partial block padded, and splits large calls
     over threads: every size gives the composed map's values and gradients."""
@@ -166,12 +175,7 @@ def test_blocks_partial_and_split_over_threads_match_the_composed_map(n):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for fn, inverse in ((t.forward, False), (t.inverse, True)):
-            with torch.no_grad():
-                out = fn(x, p)
-            ref = t._spline(x, p, inverse)
-            torch.testing.assert_close(out[0], ref[0], rtol=1e-12, atol=1e-12)
-            torch.testing.assert_close(out[1], ref[1], rtol=1e-10, atol=1e-10)
+        _assert_no_grad_calls_match_the_composed_map(t, x, p)
         gy, gl = torch.randn(2, n, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
         grads = []
         for fn in (t.forward, t._forward_composed):
@@ -195,3 +199,35 @@ def test_gradient_of_one_output_alone(used):
         grads.append(torch.autograd.grad(out, (xr, pr)))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_nan_logits_give_nan_and_infinite_ones_are_clamped():
+    """A diverged conditioner must show in the loss: a NaN width or height logit moves every knot,
+    so an input inside the bound gets NaN; an infinite logit is clamped like any large one (finite
+    output); the other inputs stay as they were."""
+    t, x, p = _case(8, n=40, seed=13)
+    x = x.clamp(-2.5, 2.5)
+    bad = p.clone()
+    bad[3, 0], bad[7, 12], bad[11, 9] = float("nan"), float("nan"), float("inf")
+    for fn in (t.forward, t.inverse):
+        with torch.no_grad():
+            y, ladj = fn(x, bad)
+            y_ok, ladj_ok = fn(x, p)
+        for i in (3, 7):
+            assert torch.isnan(y[i]) and torch.isnan(ladj[i])
+        assert torch.isfinite(y[11]) and torch.isfinite(ladj[11])
+        rest = torch.ones(40, dtype=torch.bool)
+        rest[[3, 7, 11]] = False
+        torch.testing.assert_close(y[rest], y_ok[rest], rtol=0, atol=0)
+        torch.testing.assert_close(ladj[rest], ladj_ok[rest], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bins", [64, 65])
+def test_many_bins_match_the_composed_map(bins, path):
+    """The kernel holds up to 64 bins per input in registers and stack arrays; beyond that the
+    PyTorch version serves. Both give the composed map."""
+    t, x, p = _case(bins, n=50, seed=14, scale=1.0)
+    assert rq_native.serves(x, p, t._spec) == (bins <= 64 and path == "native")
+    _assert_no_grad_calls_match_the_composed_map(t, x, p)
+    xr, pr = x.clone().clamp(-2.9, 2.9).requires_grad_(), p.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: t.forward(a, b), (xr, pr))
