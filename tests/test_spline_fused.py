@@ -6,6 +6,8 @@ Every test runs twice: through the compiled kernel (transformers/rq_native.cpp) 
 PyTorch operations of rq_fused.py."""
 
 import contextlib
+import os
+import re
 import shutil
 
 import pytest
@@ -26,6 +28,17 @@ def path(request):
 def test_the_kernel_builds_where_a_compiler_is_found():
     if shutil.which("c++") or shutil.which("g++"):
         assert rq_native.available(), rq_native.status()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc (Linux)")
+def test_the_kernel_shares_the_openmp_runtime_that_torch_loaded(path):
+    """Two OpenMP runtimes would keep two pools of spinning threads on the same cores."""
+    if path == "native":
+        x, p = torch.zeros(5000), torch.zeros(5000, 23)
+        spline_forward(x, p, RationalQuadraticSpline(8)._spec, None)
+    with open("/proc/self/maps") as f:
+        runtimes = set(re.findall(r"\S*/libgomp[^/\s]*\.so[^/\s]*", f.read()))
+    assert len(runtimes) <= 1, runtimes
 
 
 def _case(bins: int, n: int = 300, seed: int = 0, scale: float = 2.0, **kwargs):
