@@ -12,7 +12,7 @@ from torch import nn
 
 import torchnf as nf
 from conftest import randn
-from torchnf.core import _REGISTRY, Bijection, from_config, to_config
+from torchnf.core import _REGISTRY, Bijection, all_finite, from_config, to_config
 from torchnf.testing import perturb
 from torchnf.transformers import Affine, Shift
 
@@ -266,3 +266,16 @@ def test_made_first_feature_in_the_order_depends_on_the_context():
     z1, _ = layer(x, torch.zeros(2))
     z2, _ = layer(x, torch.ones(2))
     assert (z1[1] - z2[1]).abs() > 1e-4  # feature 1 is first in this order
+
+
+def test_all_finite_agrees_with_isfinite_on_every_kind_of_tensor():
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.zeros(0), torch.zeros(3, 0, dtype=torch.float64), torch.arange(5), torch.tensor([True])]
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        big = torch.finfo(dtype).max
+        for bad in (float("nan"), float("inf"), -float("inf"), big, -big, 0.0):
+            t = torch.randn(37, 5, generator=g).to(dtype)
+            t[11, 3] = bad
+            cases += [t, t.t(), t[::2]]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from torchnf.core import Recorded, check_context, check_input
+from torchnf.core import Recorded, all_finite, check_context, check_input
 from torchnf.nn import MLP
 
 __all__ = ["Distribution", "StandardNormal", "DiagonalNormal", "GaussianMixture", "UniformTorus"]
@@ -303,7 +303,7 @@ class GaussianMixture(Distribution):
         if not isinstance(iters, int) or iters < 0:
             raise ValueError(f"{name}.initialize: iters must be an integer >= 0, got {iters!r}")
         x = x.detach().reshape(-1, D).to(self.means)
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"{name}.initialize: the data contains NaN or inf")
         _, labels = _kmeans(x, K, iters, generator)
         counts = torch.bincount(labels, minlength=K).to(x.dtype)[:, None]

@@ -14,6 +14,7 @@ from torchnf import __version__
 from torchnf.core import (
     Bijection,
     Recorded,
+    all_finite,
     check_context,
     check_input,
     check_like_parameters,
@@ -103,7 +104,7 @@ class Flow(Recorded, nn.Module):
 
     def _check_tensor(self, t: Tensor, what: str) -> None:
         check_like_parameters(self, t, what, "the flow's parameters", "cast the input or call flow.to(...)")
-        if validation_enabled() and not bool(torch.isfinite(t).all()):
+        if validation_enabled() and not all_finite(t):
             bad = (~torch.isfinite(t)).reshape(-1, t.shape[-1]).any(-1).nonzero().flatten()[:5].tolist()
             raise ValueError(f"Flow: {what} contains NaN or inf (first bad rows: {bad})")
 

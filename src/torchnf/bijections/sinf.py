@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchnf.core import Bijection
+from torchnf.core import Bijection, all_finite
 from torchnf.transformers.splines import rational_quadratic
 
 __all__ = ["SINF", "max_sliced_directions"]
@@ -411,7 +411,7 @@ class SINF(Bijection):
                 f"SINF.fit_data: expected {name} as a float tensor of shape (n, {self.event_shape[0]}), "
                 f"got {tuple(x.shape)} of dtype {x.dtype}"
             )
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"SINF.fit_data: {name} contains NaN or inf")
         return x.detach().double()
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from torchnf.core import all_finite
 from torchnf.inference._common import LogTarget, check_count, chunks, mode, reference, seeded
 from torchnf.inference.diagnostics import importance_diagnostics
 
@@ -171,7 +172,7 @@ def expectation(
             m = x.shape[0]
             raise ValueError(f"expectation: fn must map {m} draws to ({m},) or ({m}, k), got {got}")
         v = v.detach().to(torch.float64)
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             raise ValueError("expectation: fn returned NaN or inf")
         s, q = v.sum(0), v.square().sum(0)
         sums, sq = (s, q) if sums is None else (sums + s, sq + q)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from torchnf.core import all_finite
+
 __all__ = ["Target"]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -20,7 +22,7 @@ def _as64(name: str, what: str, value: object, shape: tuple[int, ...] | None = N
     t = torch.as_tensor(value, dtype=torch.float64)
     if shape is not None and t.shape != shape:
         raise ValueError(f"{name}: expected {what} of shape {shape}, got {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError(f"{name}: {what} contains NaN or inf")
     return t
 

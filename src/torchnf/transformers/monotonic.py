@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchnf.core import all_finite
 from torchnf.transformers.base import Transformer
 
 __all__ = ["UMNN", "DeepSigmoid", "clenshaw_curtis", "bisect"]
@@ -83,7 +84,7 @@ def bisect(
         if compiling:
             n = max_iter
         else:
-            if not bool(torch.isfinite(y).all()):
+            if not all_finite(y):
                 raise RuntimeError(f"{owner}: cannot invert a non-finite input (NaN or inf)")
             for _ in range(_MAX_GROWTH + 1):
                 low, high = fn(lo) > y, fn(hi) < y
