@@ -30,6 +30,25 @@ def test_the_kernel_builds_where_a_compiler_is_found():
         assert rq_native.available(), rq_native.status()
 
 
+def test_a_compiler_without_openmp_builds_a_one_thread_kernel(tmp_path, monkeypatch, path):
+    """Where ``-fopenmp`` is refused (Apple clang), the next build leaves it out, and that kernel
+    computes the same map."""
+    real = shutil.which("c++") or shutil.which("g++")
+    if path == "torch" or real is None:
+        pytest.skip("needs a C++ compiler; runs once")
+    fake = tmp_path / "cxx"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("TORCHNF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(rq_native._state, "flags", None)
+    lib = rq_native._build()
+    assert "-fopenmp" not in rq_native._state["flags"] and "-march=native" in rq_native._state["flags"]
+    monkeypatch.setitem(rq_native._state, "lib", lib)
+    t, x, p = _case(8, n=5000, seed=15)
+    _assert_no_grad_calls_match_the_composed_map(t, x, p)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc (Linux)")
 def test_the_kernel_shares_the_openmp_runtime_that_torch_loaded(path):
     """Two OpenMP runtimes would keep two pools of spinning threads on the same cores."""

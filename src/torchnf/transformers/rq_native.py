@@ -38,8 +38,11 @@ from torch import Tensor
 __all__ = ["available", "backward", "disabled", "forward", "knots", "serves", "status"]
 
 _SOURCE = Path(__file__).with_name("rq_native.cpp")
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off",
-          "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi")
+_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
+          "-fno-trapping-math", "-Wno-psabi")
+# tried in turn: a compiler without OpenMP (Apple clang) builds a one-thread kernel, one that does not
+# know -march=native (some clang targets) a baseline one
+_OPTIONAL = (("-march=native", "-fopenmp"), ("-march=native",), ())
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _PARALLEL_MIN = 2048  # inputs per thread below which a call runs on one thread
 
@@ -77,36 +80,57 @@ def _compiler_id(cxx: str) -> str:
         return ""
 
 
-def _build() -> ctypes.CDLL:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        raise RuntimeError("no C++ compiler found (set CXX)")
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), _compiler_id(cxx).encode(),
-                                     _machine().encode(), torch.__version__.encode()])).hexdigest()[:20]
+def _cache_for(key: str) -> Path:
+    """The library's path: in the first cache directory that holds it or can be written."""
     user = getattr(os, "getuid", lambda: 0)()
     for cache in (_cache_dir(), Path(tempfile.gettempdir()) / f"torchnf-{user}"):
         path = cache / f"rq_native-{key}.so"
         if path.exists():
-            break
+            return path
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError:
             continue
         if os.access(cache, os.W_OK):
-            break
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            cmd = [cxx, *_FLAGS, "-o", tmp, str(_SOURCE)]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
-            os.replace(tmp, path)  # atomic: a concurrent build finds a whole library or none
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            return path
+    raise RuntimeError(f"no writable cache directory (tried {_cache_dir()} and the temporary directory)")
+
+
+def _compile(cxx: str, flags: tuple[str, ...], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *flags, "-o", tmp, str(_SOURCE)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)  # atomic: a concurrent build finds a whole library or none
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build() -> ctypes.CDLL:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    source, compiler = _SOURCE.read_bytes(), _compiler_id(cxx).encode()
+    errors = []
+    for optional in _OPTIONAL:
+        flags = (*_FLAGS, *optional)
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler, _machine().encode(),
+                                         torch.__version__.encode()])).hexdigest()[:20]
+        path = _cache_for(key)
+        if not path.exists():
+            try:
+                _compile(cxx, flags, path)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                errors.append(str(e))
+                continue
+        _state["flags"] = flags
+        break
+    else:
+        raise RuntimeError("; ".join(errors))
     lib = ctypes.CDLL(str(path))
     p, i64, i, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     for s in _SUFFIX.values():
@@ -130,7 +154,8 @@ def _lib() -> ctypes.CDLL | None:
                 try:
                     _state["lib"] = _build()
                     _state["max_bins"] = _state["lib"].rqs_max_bins()
-                    _state["reason"] = "built"
+                    missing = [f for f in _OPTIONAL[0] if f not in _state["flags"]]
+                    _state["reason"] = "built" + (f" without {' '.join(missing)}" if missing else "")
                 except Exception as e:  # noqa: BLE001 - any failure means the PyTorch version serves
                     _state["reason"] = f"{type(e).__name__}: {e}"
             _state["tried"] = True
