@@ -269,10 +269,9 @@ class _NativeSpline(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, params: Tensor, spec: tuple, reference: Callable) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
-        y, ladj = rq_native.forward(x.reshape(-1), params.reshape(-1, params.shape[-1]), spec, False)
         ctx.save_for_backward(x, params)
         ctx.spec, ctx.reference = spec, reference
-        return y.view(x.shape), ladj.view(x.shape)
+        return rq_native.forward(x, params, spec, False)
 
     @staticmethod
     def backward(ctx, gy: Tensor | None, gl: Tensor | None):
@@ -281,9 +280,7 @@ class _NativeSpline(torch.autograd.Function):
             return None, None, None, None
         if torch.is_grad_enabled():
             return _reference_backward(ctx, x, params, gy, gl)
-        flat = (g.reshape(-1) if g is not None else None for g in (gy, gl))
-        g_x, g_p = rq_native.backward(x.reshape(-1), params.reshape(-1, params.shape[-1]), *flat, ctx.spec)
-        return g_x.view(x.shape), g_p.view(params.shape), None, None
+        return (*rq_native.backward(x, params, gy, gl, ctx.spec), None, None)
 
 
 def spline_forward(x: Tensor, params: Tensor, spec: tuple, reference: Callable) -> tuple[Tensor, Tensor]:
@@ -293,8 +290,7 @@ def spline_forward(x: Tensor, params: Tensor, spec: tuple, reference: Callable) 
     native = rq_native.serves(x, params, spec)
     if not needs_graph(x, params):
         if native:
-            y, ladj = rq_native.forward(x.reshape(-1), params.reshape(-1, params.shape[-1]), spec, False)
-            return y.view(x.shape), ladj.view(x.shape)
+            return rq_native.forward(x, params, spec, False)
         flat = x.reshape(-1)
         y, ladj, _ = _rq_forward(flat, _Bin(flat, params.reshape(-1, params.shape[-1]), spec, 0, False))
         return y.view(x.shape), ladj.view(x.shape)
@@ -307,8 +303,7 @@ def spline_inverse(y: Tensor, params: Tensor, spec: tuple) -> tuple[Tensor, Tens
     """``(x, log dx/dy)`` of :func:`spline_forward`, without a graph (sampling). The root of the
     quadratic is taken in the stable form of :func:`~torchnf.transformers.rational_quadratic`."""
     if rq_native.serves(y, params, spec):
-        x, ladj = rq_native.forward(y.reshape(-1), params.reshape(-1, params.shape[-1]), spec, True)
-        return x.view(y.shape), ladj.view(y.shape)
+        return rq_native.forward(y, params, spec, True)
     flat = y.reshape(-1)
     b = _Bin(flat, params.reshape(-1, params.shape[-1]), spec, 1, False)
     w, h, d0, d1, s, dsum = _bin_terms(b)

@@ -201,8 +201,8 @@ def _spec_args(spec: tuple) -> tuple:
 
 
 def forward(v: Tensor, params: Tensor, spec: tuple, inverse: bool) -> tuple[Tensor, Tensor]:
-    """``(out, ladj)`` of the spline (``inverse``: of its inverse), flat ``(N,)`` for ``v`` ``(N,)``
-    and ``params`` ``(N, 3K - 1)``."""
+    """``(out, ladj)`` of the spline (``inverse``: of its inverse), shaped like ``v`` ``(*b)``, for
+    ``params`` ``(*b, 3K - 1)`` (the kernel reads both as flat rows)."""
     v, params = v.contiguous(), params.contiguous()
     out, ladj = torch.empty_like(v), torch.empty_like(v)
     fn = getattr(_state["lib"], f"rqs_forward_{_SUFFIX[v.dtype]}")
@@ -214,8 +214,8 @@ def forward(v: Tensor, params: Tensor, spec: tuple, inverse: bool) -> tuple[Tens
 
 def backward(x: Tensor, params: Tensor, gy: Tensor | None, gl: Tensor | None,
              spec: tuple) -> tuple[Tensor, Tensor]:
-    """Gradients ``(N,)`` and ``(N, 3K - 1)`` of ``<gy, y> + <gl, ladj>`` with respect to ``x``
-    and ``params`` (a missing output gradient counts as zero)."""
+    """Gradients of ``<gy, y> + <gl, ladj>`` with respect to ``x`` ``(*b)`` and ``params``
+    ``(*b, 3K - 1)``, shaped like them (a missing output gradient counts as zero)."""
     x, params = x.contiguous(), params.contiguous()
     gy = gy.contiguous() if gy is not None else None
     gl = gl.contiguous() if gl is not None else None
