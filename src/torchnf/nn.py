@@ -96,8 +96,12 @@ class MaskedLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
 
+    def masked_weight(self) -> Tensor:
+        """The weight the layer computes with: ``weight * mask``."""
+        return self.weight * self.mask
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.masked_weight(), self.bias)
 
 
 class _Residual(nn.Module):
@@ -218,7 +222,7 @@ class MaskedMLP(Recorded, nn.Module):
         its first ``degree_ends[j][m]``."""
         out, prev = [], None
         for j, layer in enumerate(self.plain_layers()):
-            w, b = layer.weight * layer.mask, layer.bias
+            w, b = layer.masked_weight(), layer.bias
             perm = getattr(self, f"_degree_order{j}", None)
             if perm is not None:
                 w, b = w[perm], b[perm]

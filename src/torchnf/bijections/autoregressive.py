@@ -164,7 +164,7 @@ class MaskedAutoregressive(Bijection):
         made = self.made
         D, P = self.event_shape[0], made.params_per_feature
         layers = made.plain_layers()
-        weights = [(m.weight * m.mask, m.bias) for m in layers]
+        weights = [(m.masked_weight(), m.bias) for m in layers]
         w0, b0 = weights[0]
         w_last, b_last = weights[-1]
         act = get_activation(made.activation)  # out of place: ``pre`` is kept and updated
