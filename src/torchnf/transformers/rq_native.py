@@ -114,12 +114,12 @@ def _build() -> ctypes.CDLL:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    source, compiler = _SOURCE.read_bytes(), _compiler_id(cxx).encode()
+    build_id = [_SOURCE.read_bytes(), _compiler_id(cxx).encode(), _machine().encode(),
+                torch.__version__.encode()]
     errors = []
     for optional in _OPTIONAL:
         flags = (*_FLAGS, *optional)
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler, _machine().encode(),
-                                         torch.__version__.encode()])).hexdigest()[:20]
+        key = hashlib.sha256(b"\0".join([" ".join(flags).encode(), *build_id])).hexdigest()[:20]
         path = _cache_for(key)
         if not path.exists():
             try:
