@@ -221,18 +221,28 @@ template <class T> struct Block {
 
 // Locate the lanes of b.v in their splines (parameters p, row stride P), searching the knots of
 // axis `row` (0: positions, 1: values).
-template <class T> inline void locate(Block<T>& b, const T* p, int64_t P, const Spec<T>& sp, int row) {
-    typedef Vec<T> V;
-    constexpr int L = VT<T>::L;
+// The exponentiated clamped logits of a block and the per-axis scales numerator / total; the totals
+// go to tw, th.
+template <class T> inline void exponentiate(Block<T>& b, const T* p, int64_t P, const Spec<T>& sp,
+                                            Vec<T>& tw, Vec<T>& th) {
     const int K = sp.K;
     for (int j = 0; j < 2 * K; ++j) b.e[j] = exp_poly<T>(clampv<T>(load_col(p, P, j), -LOGIT_BOUND, LOGIT_BOUND));
-    V tw = b.e[0], th = b.e[K];
+    tw = b.e[0];
+    th = b.e[K];
     for (int j = 1; j < K; ++j) {
         tw = tw + b.e[j];
         th = th + b.e[K + j];
     }
     b.scw = sp.num[0] / tw;
     b.sch = sp.num[1] / th;
+}
+
+template <class T> inline void locate(Block<T>& b, const T* p, int64_t P, const Spec<T>& sp, int row) {
+    typedef Vec<T> V;
+    constexpr int L = VT<T>::L;
+    const int K = sp.K;
+    V tw, th;
+    exponentiate(b, p, P, sp, tw, th);
     b.k = splat(T(0));
     b.x0 = b.y0 = splat(-sp.B);
     b.x1 = b.y1 = splat(sp.B);
@@ -342,7 +352,7 @@ void forward_range(const T* v, const T* p, T* out, T* ladj, int64_t i0, int64_t 
             const V lin = b.d0 - tt * t.dsum;
             const V ee = b.d0 * omt - b.d1 * tt;
             const V disc = ee * ee + (T(4) * (t.s * t.s)) * (tt * omt);
-            V sq;
+            V sq = disc;  // every lane overwritten below
             for (int l = 0; l < L; ++l) sq[l] = __builtin_sqrt(disc[l]);
             const Ivec<T> pos = lin >= T(0);
             const V num = sel<T>(pos, T(2) * (t.s * tt), sq - lin);
@@ -448,8 +458,8 @@ void knots_range(const T* p, T* out, int64_t n, int64_t i0, int64_t i1, int64_t 
         const int nb = int(i1 - i < L ? i1 - i : L);
         const T* pv = p + i * P;
         if (nb < L) pv = pad.fill(nullptr, pv, P, nb);
-        b.v = splat(T(0));
-        locate(b, pv, P, sp, 0);  // the exponentiated logits and the scales
+        V tw, th;
+        exponentiate(b, pv, P, sp, tw, th);
         T* ox = out + i * R;
         T* oy = out + (n + i) * R;
         T* od = out + (2 * n + i) * R;
